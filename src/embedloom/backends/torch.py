@@ -1,0 +1,145 @@
+"""A sentence-transformers model on PyTorch.
+
+The model's own module list (transformer → pooling → [dense …] → [normalize])
+is run as configured, so vectors match ``SentenceTransformer(path).encode``.
+Two things differ on purpose: tokenisation happens per request, ahead of
+batching (the batcher needs token counts), and a trailing ``Normalize`` module
+is left to the engine so a caller can ask for raw vectors (TEI's
+``normalize=false``) and so truncated dimensions can be re-normalised.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from tokenizers import Tokenizer
+
+from embedloom.backends.base import TokenizedInput
+from embedloom.errors import BackendError
+
+__all__ = ["TorchBackend"]
+
+logger = logging.getLogger(__name__)
+
+
+class TorchBackend:
+    """Holds one loaded model; ``embed`` runs on the owning thread only."""
+
+    name = "torch"
+
+    def __init__(self, model_dir: Path, *, device: str | None = None) -> None:
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
+
+        self._device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        # A progress bar per model load is noise in a server's logs.
+        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        try:
+            model = SentenceTransformer(str(model_dir), device=self._device, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise BackendError(f"could not load the model at {model_dir}: {exc}") from exc
+        model.eval()
+        self._model = model
+        modules = list(model.children())
+        self._normalizes = bool(modules) and type(modules[-1]).__name__ == "Normalize"
+        self._modules = modules[:-1] if self._normalizes else modules
+
+        max_tokens = model.max_seq_length
+        if max_tokens is None:
+            raise BackendError(f"the model at {model_dir} declares no maximum sequence length")
+        self._max_tokens = int(max_tokens)
+        # Renamed in sentence-transformers 6; the old name warns there.
+        dimension_of = getattr(model, "get_embedding_dimension", None)
+        if dimension_of is None:
+            dimension_of = model.get_sentence_embedding_dimension
+        dims = dimension_of()
+        if dims is None:
+            raise BackendError(f"the model at {model_dir} declares no embedding dimension")
+        self._dimensions = int(dims)
+
+        hf_tokenizer = model.tokenizer
+        # Our own copy of the Rust tokenizer, configured once and never changed:
+        # encoding through it from several threads is then safe (mutating its
+        # settings while another thread encodes is what raises "Already borrowed").
+        self._tokenizer = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_length=self._max_tokens)
+        pad_id = hf_tokenizer.pad_token_id
+        self._pad_id = int(pad_id) if pad_id is not None else 0
+        self._pad_left = getattr(hf_tokenizer, "padding_side", "right") == "left"
+        logger.info(
+            "loaded model",
+            extra={
+                "model_dir": str(model_dir),
+                "device": self._device,
+                "dimensions": self._dimensions,
+                "max_input_tokens": self._max_tokens,
+            },
+        )
+
+    @property
+    def max_input_tokens(self) -> int:
+        return self._max_tokens
+
+    @property
+    def dimensions(self) -> int:
+        return self._dimensions
+
+    @property
+    def normalizes(self) -> bool:
+        return self._normalizes
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    def tokenize(self, texts: Sequence[str]) -> list[TokenizedInput]:
+        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=True)
+        return [
+            TokenizedInput(
+                input_ids=tuple(e.ids),
+                token_type_ids=tuple(e.type_ids),
+                truncated=bool(e.overflowing),
+            )
+            for e in encodings
+        ]
+
+    def embed(self, batch: Sequence[TokenizedInput]) -> npt.NDArray[np.float32]:
+        if not batch:
+            return np.zeros((0, self._dimensions), dtype=np.float32)
+        features = self._collate(batch)
+        with torch.inference_mode():
+            for module in self._modules:
+                features = module(features)
+            pooled = features["sentence_embedding"]
+        return np.ascontiguousarray(pooled.float().cpu().numpy(), dtype=np.float32)
+
+    def _collate(self, batch: Sequence[TokenizedInput]) -> dict[str, Any]:
+        length = max(item.n_tokens for item in batch)
+        input_ids = np.full((len(batch), length), self._pad_id, dtype=np.int64)
+        type_ids = np.zeros((len(batch), length), dtype=np.int64)
+        mask = np.zeros((len(batch), length), dtype=np.int64)
+        for row, item in enumerate(batch):
+            start = length - item.n_tokens if self._pad_left else 0
+            span = slice(start, start + item.n_tokens)
+            input_ids[row, span] = item.input_ids
+            mask[row, span] = 1
+            if item.token_type_ids is not None:
+                type_ids[row, span] = item.token_type_ids
+        return {
+            "input_ids": torch.from_numpy(input_ids).to(self._device),
+            "token_type_ids": torch.from_numpy(type_ids).to(self._device),
+            "attention_mask": torch.from_numpy(mask).to(self._device),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"<TorchBackend device={self._device} dims={self._dimensions} "
+            f"max_tokens={self._max_tokens} normalizes={self._normalizes}>"
+        )

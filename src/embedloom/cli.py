@@ -1,0 +1,92 @@
+"""``embedloom`` on the command line. Thin: parse, build ``Settings``, call the library."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from embedloom._version import __version__
+from embedloom.config import Settings, SettingsError, SettingSpec, setting_specs
+from embedloom.errors import EmbedloomError
+
+__all__ = ["main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="embedloom",
+        description="Serve sentence-embedding models with concurrency done right.",
+    )
+    parser.add_argument("--version", action="version", version=f"embedloom {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="run the HTTP server (OpenAI /v1/embeddings, TEI /embed)",
+        description="Run the HTTP server. Every flag can also be set as EMBEDLOOM_<FLAG>.",
+    )
+    for spec in setting_specs():
+        _add_setting(serve, spec)
+    return parser
+
+
+def _add_setting(parser: argparse.ArgumentParser, spec: SettingSpec) -> None:
+    help_text = f"{spec.help} (default: {spec.default}; env {spec.env_var})"
+    if spec.kind is bool:
+        parser.add_argument(
+            spec.flag,
+            dest=spec.name,
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help=help_text,
+        )
+        return
+    parser.add_argument(
+        spec.flag,
+        dest=spec.name,
+        type=_parser_for(spec),
+        default=None,
+        help=help_text,
+        choices=spec.choices,
+        metavar=None if spec.choices else spec.kind.__name__.upper(),
+    )
+
+
+def _parser_for(spec: SettingSpec) -> Callable[[str], object]:
+    def parse(raw: str) -> object:
+        try:
+            return spec.parse(raw)
+        except SettingsError as exc:
+            raise argparse.ArgumentTypeError(str(exc).replace(spec.env_var, spec.flag)) from exc
+
+    return parse
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    flags = {spec.name: getattr(args, spec.name) for spec in setting_specs()}
+    try:
+        settings = Settings.from_env(os.environ, **flags)
+    except SettingsError as exc:
+        parser.error(str(exc))
+    assert args.command == "serve"  # argparse refuses anything else
+    return _serve(settings)
+
+
+def _serve(settings: Settings) -> int:
+    from embedloom.log import configure_logging
+    from embedloom.server import serve
+
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        serve(settings)
+    except EmbedloomError as exc:
+        print(f"embedloom: {exc.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""One typed settings object for the whole runtime.
+
+Every field is also a command-line flag (``max_batch_tokens`` → ``--max-batch-tokens``)
+and an environment variable (``EMBEDLOOM_MAX_BATCH_TOKENS``). The CLI builds its
+flags from this class, and this module is the only place that reads
+``EMBEDLOOM_*`` variables; everything else receives a ``Settings``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, get_args, get_origin
+
+__all__ = ["ENV_PREFIX", "Settings", "SettingsError"]
+
+ENV_PREFIX = "EMBEDLOOM_"
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+LogFormat = Literal["text", "json"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot work; the message names the setting."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Configuration of the engine and the server; validated on creation."""
+
+    host: str = dataclasses.field(
+        default="127.0.0.1", metadata={"help": "address the HTTP server binds"}
+    )
+    port: int = dataclasses.field(default=8080, metadata={"help": "TCP port of the HTTP server"})
+    model: str = dataclasses.field(
+        default=DEFAULT_MODEL,
+        metadata={
+            "help": "the packaged default, a local sentence-transformers directory, "
+            "or a Hugging Face id already in the local cache (id@revision allowed)"
+        },
+    )
+    max_batch_tokens: int = dataclasses.field(
+        default=8192,
+        metadata={"help": "token budget of one batch: padded length × batch size"},
+    )
+    max_batch_size: int = dataclasses.field(
+        default=32, metadata={"help": "most inputs in one model batch"}
+    )
+    max_client_batch_size: int = dataclasses.field(
+        default=256, metadata={"help": "most inputs one HTTP request may carry"}
+    )
+    max_queued_inputs: int = dataclasses.field(
+        default=2048,
+        metadata={
+            "help": "admission bound: inputs admitted (queued + running); "
+            "past it requests fail fast with 429"
+        },
+    )
+    batch_overhead_tokens: int = dataclasses.field(
+        default=64,
+        metadata={
+            "help": "fixed cost of one model call, in token-equivalents; the batcher "
+            "weighs it against padding when grouping inputs by length"
+        },
+    )
+    auto_truncate: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "truncate over-long inputs on the OpenAI route instead of refusing them "
+            "(the TEI route has a per-request 'truncate' field)"
+        },
+    )
+    log_level: LogLevel = dataclasses.field(default="info", metadata={"help": "log verbosity"})
+    log_format: LogFormat = dataclasses.field(
+        default="text", metadata={"help": "text lines, or one JSON object per line"}
+    )
+    graceful_shutdown_seconds: float = dataclasses.field(
+        default=30.0,
+        metadata={"help": "on SIGTERM, how long admitted requests may take to finish"},
+    )
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_batch_tokens",
+            "max_batch_size",
+            "max_client_batch_size",
+            "max_queued_inputs",
+        ):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.batch_overhead_tokens < 0:
+            raise SettingsError("batch_overhead_tokens must not be negative")
+        if not 0 <= self.port <= 65535:
+            raise SettingsError(f"port must be between 0 and 65535, got {self.port}")
+        if self.max_client_batch_size > self.max_queued_inputs:
+            raise SettingsError(
+                f"max_client_batch_size ({self.max_client_batch_size}) is larger than "
+                f"max_queued_inputs ({self.max_queued_inputs}): such a request could never "
+                "be admitted"
+            )
+        if self.graceful_shutdown_seconds < 0:
+            raise SettingsError("graceful_shutdown_seconds must not be negative")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
+        """Settings from ``EMBEDLOOM_*`` variables, then ``overrides`` on top."""
+        values: dict[str, Any] = {}
+        for spec in setting_specs():
+            raw = environ.get(spec.env_var)
+            if raw is not None:
+                values[spec.name] = spec.parse(raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class SettingSpec:
+    """How one field of ``Settings`` appears on the command line and in the environment."""
+
+    name: str
+    kind: type
+    choices: tuple[str, ...] | None
+    default: Any
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env_var(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    def parse(self, raw: str) -> Any:
+        """Convert a flag or environment string; raise ``SettingsError`` naming the setting."""
+        text = raw.strip()
+        if self.kind is bool:
+            lowered = text.lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise SettingsError(f"{self.env_var}: expected true or false, got {raw!r}")
+        if self.choices is not None:
+            lowered = text.lower()
+            if lowered not in self.choices:
+                raise SettingsError(
+                    f"{self.env_var}: expected one of {', '.join(self.choices)}, got {raw!r}"
+                )
+            return lowered
+        try:
+            return self.kind(text)
+        except ValueError as exc:
+            raise SettingsError(
+                f"{self.env_var}: expected {self.kind.__name__}, got {raw!r}"
+            ) from exc
+
+
+def setting_specs() -> list[SettingSpec]:
+    """One spec per field of ``Settings``, in declaration order."""
+    hints = typing.get_type_hints(Settings)
+    specs = []
+    for f in dataclasses.fields(Settings):
+        hint = hints[f.name]
+        choices: tuple[str, ...] | None = None
+        kind: type
+        if get_origin(hint) is Literal:
+            choices = tuple(str(a) for a in get_args(hint))
+            kind = str
+        else:
+            kind = hint
+        specs.append(SettingSpec(f.name, kind, choices, f.default, str(f.metadata["help"])))
+    return specs

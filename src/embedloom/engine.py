@@ -1,0 +1,610 @@
+"""The engine: admits requests, batches their inputs, returns each request its vectors.
+
+Data path of one ``embed`` call, all bookkeeping on the event loop's thread
+(so the queue needs no lock):
+
+    admit (fail fast: Overloaded)  →  tokenise on an offload thread
+      →  queue of inputs  →  plan_batch (pure)  →  worker thread runs the model
+      →  rows written back into each request  →  the request's future resolves
+
+A request's inputs may be spread over several batches; each row is written
+at its own index, so outputs come back in the request's order and never mix
+with another request's. A request whose caller goes away is removed from the
+queue at once; if a batch holding it is already waiting, the worker skips it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Self
+
+import numpy as np
+import numpy.typing as npt
+
+from embedloom.backends.base import Backend, BackendFactory, TokenizedInput
+from embedloom.batching import BatchPolicy, plan_batch
+from embedloom.config import Settings
+from embedloom.errors import (
+    BackendError,
+    InputTooLong,
+    InvalidInput,
+    Overloaded,
+    TooManyInputs,
+    Unavailable,
+)
+from embedloom.offload import run_in_thread
+from embedloom.scope import current_scope
+from embedloom.sharing import DedicatedWorker, InferenceWorker, WorkerStatistics
+from embedloom.stats import Histogram, HistogramSnapshot, RateEstimator
+
+__all__ = ["Embeddings", "Engine", "EngineState", "EngineStatistics", "ModelInfo"]
+
+logger = logging.getLogger(__name__)
+
+_BATCH_SIZE_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_TOKEN_BOUNDS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+_INPUT_TOKEN_BOUNDS = (8, 16, 32, 64, 128, 256, 512, 1024)
+_SECONDS_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Retry-After is a hint; keep it within what a client would sensibly wait.
+_RETRY_AFTER_RANGE = (1.0, 60.0)
+
+_Vectors = npt.NDArray[np.float32]
+
+
+class EngineState(enum.Enum):
+    CREATED = "created"
+    STARTING = "starting"
+    RUNNING = "running"
+    DRAINING = "draining"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    """The answer to one ``embed`` call: one row per input, in input order."""
+
+    vectors: npt.NDArray[np.float32]
+    prompt_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    model_id: str
+    names: tuple[str, ...]
+    backend: str
+    dimensions: int
+    max_input_tokens: int
+    normalizes: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStatistics:
+    state: str
+    queued_inputs: int
+    admitted_inputs: int
+    max_queued_inputs: int
+    running_batches: int
+    requests_admitted: int
+    requests_completed: int
+    requests_failed: int
+    requests_rejected: int
+    requests_cancelled: int
+    inputs_embedded: int
+    inputs_dropped: int
+    batches_run: int
+    input_tokens: int
+    padded_tokens: int
+    batch_size: HistogramSnapshot
+    batch_tokens: HistogramSnapshot
+    input_length: HistogramSnapshot
+    queue_seconds: HistogramSnapshot
+    inference_seconds: HistogramSnapshot
+    worker: WorkerStatistics
+
+
+class _Request:
+    """One ``embed`` call in flight. Touched only on the event loop's thread, except
+    ``cancelled``, which the worker thread reads (a plain bool, set once)."""
+
+    __slots__ = (
+        "cancelled",
+        "dimensions",
+        "enqueued",
+        "future",
+        "normalize",
+        "raw",
+        "request_id",
+        "tokens",
+        "unfinished",
+        "unreleased",
+    )
+
+    def __init__(
+        self,
+        future: asyncio.Future[Embeddings],
+        size: int,
+        model_dimensions: int,
+        dimensions: int,
+        normalize: bool,
+        request_id: str | None,
+    ) -> None:
+        self.future = future
+        self.raw = np.empty((size, model_dimensions), dtype=np.float32)
+        self.dimensions = dimensions
+        self.normalize = normalize
+        self.request_id = request_id
+        self.unfinished = size  # inputs whose vector has not arrived
+        self.unreleased = size  # inputs still counted against the admission bound
+        self.tokens = 0
+        self.enqueued = False
+        self.cancelled = False
+
+
+class _QueuedInput:
+    __slots__ = ("enqueued_at", "index", "request", "tokens")
+
+    def __init__(
+        self, request: _Request, index: int, tokens: TokenizedInput, enqueued_at: float
+    ) -> None:
+        self.request = request
+        self.index = index
+        self.tokens = tokens
+        self.enqueued_at = enqueued_at
+
+    @property
+    def n_tokens(self) -> int:
+        return self.tokens.n_tokens
+
+
+class _Job:
+    """A batch handed to the worker. ``take_inputs``/``complete`` run on the worker thread;
+    ``complete`` passes the outcome back to the loop."""
+
+    def __init__(
+        self,
+        batch_id: int,
+        items: list[_QueuedInput],
+        loop: asyncio.AbstractEventLoop,
+        on_done: Callable[[_Job, _Vectors | None, BaseException | None, float], None],
+    ) -> None:
+        self.batch_id = batch_id
+        self.items = items
+        self.taken: list[_QueuedInput] = []
+        self.skipped: list[_QueuedInput] = []
+        self._loop = loop
+        self._on_done = on_done
+
+    def take_inputs(self) -> Sequence[TokenizedInput]:
+        self.taken = [item for item in self.items if not item.request.cancelled]
+        self.skipped = [item for item in self.items if item.request.cancelled]
+        return [item.tokens for item in self.taken]
+
+    def complete(
+        self,
+        vectors: npt.NDArray[np.float32] | None,
+        error: BaseException | None,
+        seconds: float,
+    ) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._on_done, self, vectors, error, seconds)
+        except RuntimeError:
+            # The loop is closed: the engine was abandoned without close(); nobody waits.
+            logger.warning("batch %d finished after its event loop closed", self.batch_id)
+
+
+class Engine:
+    """Owns the model and the queue in front of it. Use as ``async with Engine(...)``,
+    or call ``start()`` and ``close()``; an engine is not reopened after closing."""
+
+    def __init__(
+        self,
+        backend_factory: BackendFactory,
+        *,
+        settings: Settings | None = None,
+        model_id: str = "custom",
+        model_names: Sequence[str] = (),
+        clock: Callable[[], float] = time.monotonic,
+        worker: InferenceWorker | None = None,
+    ) -> None:
+        self._settings = settings or Settings()
+        self._policy = BatchPolicy(
+            max_batch_tokens=self._settings.max_batch_tokens,
+            max_batch_size=self._settings.max_batch_size,
+            overhead_tokens=self._settings.batch_overhead_tokens,
+        )
+        self._clock = clock
+        self._worker = worker or DedicatedWorker(backend_factory)
+        self._model_id = model_id
+        self._model_names = tuple(dict.fromkeys((model_id, *model_names)))
+        self._state = EngineState.CREATED
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._backend: Backend | None = None
+        self._queue: deque[_QueuedInput] = deque()
+        self._admitted = 0
+        self._jobs_outstanding = 0
+        self._next_batch_id = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._drain_rate = RateEstimator()
+        self._counts = dict.fromkeys(
+            (
+                "requests_admitted",
+                "requests_completed",
+                "requests_failed",
+                "requests_rejected",
+                "requests_cancelled",
+                "inputs_embedded",
+                "inputs_dropped",
+                "batches_run",
+                "input_tokens",
+                "padded_tokens",
+            ),
+            0,
+        )
+        self._batch_size = Histogram(_BATCH_SIZE_BOUNDS)
+        self._batch_tokens = Histogram(_TOKEN_BOUNDS)
+        self._input_length = Histogram(_INPUT_TOKEN_BOUNDS)
+        self._queue_seconds = Histogram(_SECONDS_BOUNDS)
+        self._inference_seconds = Histogram(_SECONDS_BOUNDS)
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, clock: Callable[[], float] = time.monotonic
+    ) -> Engine:
+        """An engine on ``settings.model`` with the torch backend."""
+        from embedloom.backends.torch import TorchBackend
+        from embedloom.store import resolve_model
+
+        model = resolve_model(settings.model)
+        return cls(
+            lambda: TorchBackend(model.path),
+            settings=settings,
+            model_id=model.id,
+            model_names=model.names,
+            clock=clock,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    @property
+    def state(self) -> EngineState:
+        return self._state
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @property
+    def healthy(self) -> bool:
+        return self._state is EngineState.RUNNING and self._worker.statistics().alive
+
+    @property
+    def model_info(self) -> ModelInfo:
+        backend = self._require_backend()
+        return ModelInfo(
+            model_id=self._model_id,
+            names=self._model_names,
+            backend=backend.name,
+            dimensions=backend.dimensions,
+            max_input_tokens=backend.max_input_tokens,
+            normalizes=backend.normalizes,
+        )
+
+    async def start(self) -> None:
+        """Load the model on its inference thread and warm it up."""
+        if self._state is not EngineState.CREATED:
+            raise RuntimeError(f"cannot start an engine that is {self._state.value}")
+        self._state = EngineState.STARTING
+        self._loop = asyncio.get_running_loop()
+        try:
+            self._backend = await asyncio.wrap_future(self._worker.start())
+        except BaseException as exc:
+            self._state = EngineState.CLOSED
+            if isinstance(exc, Exception) and not isinstance(exc, BackendError):
+                raise BackendError(f"the model failed to load: {exc}") from exc
+            raise
+        if self._settings.max_batch_tokens < self._backend.max_input_tokens:
+            logger.warning(
+                "max_batch_tokens (%d) is below the model's maximum input length (%d): "
+                "the longest inputs will run in batches of their own",
+                self._settings.max_batch_tokens,
+                self._backend.max_input_tokens,
+            )
+        self._state = EngineState.RUNNING
+        # The first call allocates the model's working memory; pay for it now.
+        await self.embed(["warm up"], truncate=True)
+
+    def begin_drain(self) -> None:
+        """Stop admitting new work; admitted work continues. Safe to call repeatedly."""
+        if self._state in (EngineState.CREATED, EngineState.STARTING, EngineState.RUNNING):
+            self._state = EngineState.DRAINING
+            logger.info("draining: %d inputs still admitted", self._admitted)
+
+    async def drain(self) -> None:
+        """Stop admitting and wait until admitted work is done (bound it with asyncio.timeout)."""
+        self.begin_drain()
+        await self._idle.wait()
+
+    async def close(self, grace: float | None = None) -> None:
+        """Drain for up to ``grace`` seconds (None: as long as it takes), fail whatever is
+        left with ``Unavailable``, and stop the worker."""
+        if self._state is EngineState.CLOSED:
+            return
+        try:
+            async with asyncio.timeout(grace):
+                await self.drain()
+        except TimeoutError:
+            for request in {id(q.request): q.request for q in self._queue}.values():
+                self._fail(request, Unavailable("the engine closed before this request ran"))
+        self._state = EngineState.CLOSED
+        await run_in_thread(self._worker.close, grace)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- embedding -----------------------------------------------------------------
+
+    async def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        normalize: bool | None = None,
+        truncate: bool = False,
+        dimensions: int | None = None,
+    ) -> Embeddings:
+        """Embed ``texts``; vectors in input order.
+
+        ``normalize``: L2-normalise (None: as the model's configuration does).
+        ``truncate``: cut over-long inputs instead of raising ``InputTooLong``.
+        ``dimensions``: keep the first N dimensions (Matryoshka-style), normalised
+        afterwards if normalising.
+        """
+        if self._state is not EngineState.RUNNING:
+            raise Unavailable(f"the engine is {self._state.value}, not accepting requests")
+        backend = self._require_backend()
+        texts = _validated_texts(texts)
+        width = _validated_dimensions(dimensions, backend.dimensions)
+        request = self._admit(len(texts), backend, width, normalize)
+        try:
+            try:
+                tokenized = await run_in_thread(backend.tokenize, texts)
+            except (TypeError, ValueError, UnicodeError) as exc:
+                raise InvalidInput(f"input could not be tokenized: {exc}", param="input") from exc
+            for index, item in enumerate(tokenized):
+                if item.truncated and not truncate:
+                    raise InputTooLong(index=index, max_tokens=backend.max_input_tokens)
+            self._enqueue(request, tokenized)
+            return await request.future
+        except BaseException as exc:
+            self._abandon(request, exc)
+            raise
+
+    def _admit(self, size: int, backend: Backend, width: int, normalize: bool | None) -> _Request:
+        limit = self._settings.max_queued_inputs
+        if size > limit:
+            raise TooManyInputs(count=size, limit=limit)
+        if self._admitted + size > limit:
+            self._counts["requests_rejected"] += 1
+            retry_after = self._retry_after()
+            raise Overloaded(
+                f"at capacity: {self._admitted} inputs admitted of {limit}; "
+                f"retry in about {retry_after:.0f}s",
+                retry_after=retry_after,
+            )
+        assert self._loop is not None
+        scope = current_scope()
+        request = _Request(
+            self._loop.create_future(),
+            size,
+            backend.dimensions,
+            width,
+            backend.normalizes if normalize is None else normalize,
+            scope.request_id if scope else None,
+        )
+        self._admitted += size
+        self._idle.clear()
+        self._counts["requests_admitted"] += 1
+        logger.debug("admitted %d inputs (%d admitted in all)", size, self._admitted)
+        return request
+
+    def _enqueue(self, request: _Request, tokenized: list[TokenizedInput]) -> None:
+        now = self._clock()
+        for index, tokens in enumerate(tokenized):
+            self._queue.append(_QueuedInput(request, index, tokens, now))
+            self._input_length.observe(tokens.n_tokens)
+            request.tokens += tokens.n_tokens
+        self._counts["input_tokens"] += request.tokens
+        request.enqueued = True
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand batches to the worker while it has room and the planner says go."""
+        assert self._loop is not None
+        while self._queue and self._jobs_outstanding < self._worker.capacity:
+            plan = plan_batch(self._queue, self._policy, model_idle=self._jobs_outstanding == 0)
+            if plan is None:
+                return
+            items = self._take(plan.positions)
+            now = self._clock()
+            for item in items:
+                self._queue_seconds.observe(now - item.enqueued_at)
+            self._next_batch_id += 1
+            job = _Job(self._next_batch_id, items, self._loop, self._on_job_done)
+            self._jobs_outstanding += 1
+            self._worker.submit(job)
+
+    def _take(self, positions: Sequence[int]) -> list[_QueuedInput]:
+        """Remove the inputs at ``positions`` (ascending) from the front of the queue."""
+        head = [self._queue.popleft() for _ in range(positions[-1] + 1)]
+        chosen = set(positions)
+        self._queue.extendleft(reversed([q for i, q in enumerate(head) if i not in chosen]))
+        return [head[i] for i in positions]
+
+    def _on_job_done(
+        self,
+        job: _Job,
+        vectors: npt.NDArray[np.float32] | None,
+        error: BaseException | None,
+        seconds: float,
+    ) -> None:
+        self._jobs_outstanding -= 1
+        taken = job.taken
+        self._counts["inputs_dropped"] += len(job.skipped)
+        for item in job.skipped:
+            self._release(item.request, 1)
+        if taken:
+            self._record_batch(taken, seconds)
+        if error is not None:
+            failure = BackendError(f"the model failed on a batch: {error}")
+            failure.__cause__ = error
+            for item in taken:
+                self._release(item.request, 1)
+                self._fail(item.request, failure)
+        elif taken:
+            assert vectors is not None
+            for row, item in enumerate(taken):
+                self._deliver(item, vectors[row])
+        self._dispatch()
+
+    def _record_batch(self, taken: list[_QueuedInput], seconds: float) -> None:
+        padded = max(item.n_tokens for item in taken) * len(taken)
+        self._counts["batches_run"] += 1
+        self._counts["padded_tokens"] += padded
+        self._batch_size.observe(len(taken))
+        self._batch_tokens.observe(padded)
+        self._inference_seconds.observe(seconds)
+        self._drain_rate.record(len(taken), seconds)
+
+    def _deliver(self, item: _QueuedInput, vector: npt.NDArray[np.float32]) -> None:
+        request = item.request
+        self._release(request, 1)
+        if request.future.done():
+            return
+        request.raw[item.index] = vector
+        request.unfinished -= 1
+        self._counts["inputs_embedded"] += 1
+        if request.unfinished == 0:
+            request.future.set_result(
+                Embeddings(
+                    _finish(request.raw, request.dimensions, request.normalize),
+                    request.tokens,
+                )
+            )
+            self._counts["requests_completed"] += 1
+
+    def _fail(self, request: _Request, error: BaseException) -> None:
+        """Fail a request and drop its queued inputs (those in a batch finish on their own)."""
+        request.cancelled = True
+        self._remove_queued(request)
+        if not request.future.done():
+            request.future.set_exception(error)
+            self._counts["requests_failed"] += 1
+
+    def _abandon(self, request: _Request, reason: BaseException) -> None:
+        """The caller left (cancelled or raised): free everything not already running."""
+        if isinstance(reason, asyncio.CancelledError):
+            self._counts["requests_cancelled"] += 1
+        request.cancelled = True
+        if not request.enqueued:
+            self._release(request, request.unreleased)
+            return
+        dropped = self._remove_queued(request)
+        self._counts["inputs_dropped"] += dropped
+
+    def _remove_queued(self, request: _Request) -> int:
+        before = len(self._queue)
+        if before:
+            self._queue = deque(q for q in self._queue if q.request is not request)
+        removed = before - len(self._queue)
+        self._release(request, removed)
+        return removed
+
+    def _release(self, request: _Request, count: int) -> None:
+        if count <= 0:
+            return
+        request.unreleased -= count
+        self._admitted -= count
+        if self._admitted == 0:
+            self._idle.set()
+
+    def _retry_after(self) -> float:
+        rate = self._drain_rate.rate
+        estimate = self._admitted / rate if rate else _RETRY_AFTER_RANGE[0]
+        return min(max(estimate, _RETRY_AFTER_RANGE[0]), _RETRY_AFTER_RANGE[1])
+
+    def _require_backend(self) -> Backend:
+        if self._backend is None:
+            raise Unavailable("the engine has not started")
+        return self._backend
+
+    # -- observation ---------------------------------------------------------------
+
+    def statistics(self) -> EngineStatistics:
+        return EngineStatistics(
+            state=self._state.value,
+            queued_inputs=len(self._queue),
+            admitted_inputs=self._admitted,
+            max_queued_inputs=self._settings.max_queued_inputs,
+            running_batches=self._jobs_outstanding,
+            batch_size=self._batch_size.snapshot(),
+            batch_tokens=self._batch_tokens.snapshot(),
+            input_length=self._input_length.snapshot(),
+            queue_seconds=self._queue_seconds.snapshot(),
+            inference_seconds=self._inference_seconds.snapshot(),
+            worker=self._worker.statistics(),
+            **self._counts,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<Engine {self._model_id} state={self._state.value} queued={len(self._queue)} "
+            f"admitted={self._admitted}/{self._settings.max_queued_inputs} "
+            f"running_batches={self._jobs_outstanding}>"
+        )
+
+
+def _validated_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str) or not isinstance(texts, Sequence):
+        raise InvalidInput("input must be a list of strings", param="input")
+    if not texts:
+        raise InvalidInput("input must not be empty", param="input")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InvalidInput(f"input {index} is not a string", param="input")
+        if not text:
+            raise InvalidInput(f"input {index} is an empty string", param="input")
+    return list(texts)
+
+
+def _validated_dimensions(dimensions: int | None, model_dimensions: int) -> int:
+    if dimensions is None:
+        return model_dimensions
+    if isinstance(dimensions, bool) or not isinstance(dimensions, int):
+        raise InvalidInput("dimensions must be an integer", param="dimensions")
+    if not 1 <= dimensions <= model_dimensions:
+        raise InvalidInput(
+            f"dimensions must be between 1 and {model_dimensions}, got {dimensions}",
+            param="dimensions",
+        )
+    return dimensions
+
+
+def _finish(
+    raw: npt.NDArray[np.float32], dimensions: int, normalize: bool
+) -> npt.NDArray[np.float32]:
+    vectors = raw[:, :dimensions]
+    if normalize:
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        # Same floor as torch.nn.functional.normalize, so zero vectors stay zero.
+        vectors = vectors / np.maximum(norms, 1e-12)
+    return np.ascontiguousarray(vectors, dtype=np.float32)

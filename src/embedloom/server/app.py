@@ -1,0 +1,98 @@
+"""The ASGI application: routes, error mapping, middleware, and the engine's lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from embedloom._version import __version__
+from embedloom.config import Settings
+from embedloom.engine import Engine, EngineState
+from embedloom.errors import EmbedloomError
+from embedloom.server import openai, ops, tei
+from embedloom.server.errors import error_response, response_for
+from embedloom.server.metrics import ServerMetrics
+from embedloom.server.middleware import RequestContextMiddleware
+from embedloom.server.state import ClientDisconnected, ServerState
+
+__all__ = ["create_app"]
+
+# nginx's code for "client closed request": never seen by the client, but it
+# keeps abandoned requests apart from served ones in logs and metrics.
+_CLIENT_CLOSED_REQUEST = 499
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
+    """The app serving ``engine`` (built from ``settings`` if not given).
+
+    The app starts the engine on startup if it is not running yet, and drains
+    and closes it on shutdown.
+    """
+    engine = engine or Engine.from_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if engine.state is EngineState.CREATED:
+            await engine.start()
+        try:
+            yield
+        finally:
+            await engine.close(grace=settings.graceful_shutdown_seconds)
+
+    app = FastAPI(
+        title="embedloom",
+        version=__version__,
+        summary="Sentence embeddings over HTTP: OpenAI- and TEI-compatible.",
+        lifespan=lifespan,
+    )
+    metrics = ServerMetrics(engine)
+    app.state.embedloom = ServerState(engine=engine, settings=settings, metrics=metrics)
+    app.include_router(openai.router)
+    app.include_router(tei.router)
+    app.include_router(ops.router)
+    _install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def on_domain_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, EmbedloomError)
+        return response_for(exc, request.url.path)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return error_response(
+            request.url.path,
+            exc.status_code,
+            str(exc.detail),
+            openai_type="invalid_request_error",
+            tei_type="http",
+            headers=exc.headers,
+        )
+
+    async def on_validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        return error_response(
+            request.url.path,
+            422,
+            f"invalid request: {problems}",
+            openai_type="invalid_request_error",
+            tei_type="validation",
+        )
+
+    async def on_disconnect(request: Request, exc: Exception) -> Response:
+        return Response(status_code=_CLIENT_CLOSED_REQUEST)
+
+    app.add_exception_handler(EmbedloomError, on_domain_error)
+    app.add_exception_handler(HTTPException, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(ClientDisconnected, on_disconnect)

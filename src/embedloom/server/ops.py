@@ -1,0 +1,52 @@
+"""Operational routes: health, info, metrics. None of them touches the model's queue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.responses import Response
+
+from embedloom._version import __version__
+from embedloom.errors import Unavailable
+from embedloom.server.state import server_state
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+@router.get("/health", summary="200 while the model answers, 503 otherwise")
+async def health(request: Request) -> dict[str, str]:
+    engine = server_state(request).engine
+    if not engine.healthy:
+        raise Unavailable(f"the engine is {engine.state.value}")
+    return {"status": "ok"}
+
+
+@router.get("/info", summary="The served model and the server's limits")
+async def info(request: Request) -> dict[str, Any]:
+    state = server_state(request)
+    model = state.engine.model_info
+    return {
+        "model_id": model.model_id,
+        "model_names": list(model.names),
+        "model_dtype": "float32",
+        "backend": model.backend,
+        "dimensions": model.dimensions,
+        "max_input_length": model.max_input_tokens,
+        "normalizes": model.normalizes,
+        "max_batch_tokens": state.settings.max_batch_tokens,
+        "max_batch_size": state.settings.max_batch_size,
+        "max_client_batch_size": state.settings.max_client_batch_size,
+        "max_queued_inputs": state.settings.max_queued_inputs,
+        "auto_truncate": state.settings.auto_truncate,
+        "sharing": state.engine.statistics().worker.strategy,
+        "version": __version__,
+    }
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    return Response(server_state(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)

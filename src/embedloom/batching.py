@@ -8,11 +8,13 @@ of them to run next. The rules, in order:
    later arrivals can be grouped around it but never starve it.
 2. **Limits.** At most ``max_batch_size`` inputs, and padded length × batch size
    at most ``max_batch_tokens`` (padding is real work for the model).
-3. **Length grouping.** Among the oldest ``window`` inputs, the batch is the run
-   of similar lengths around the oldest input that gives the best ratio of real
-   tokens to work done, where work = ``overhead_tokens`` (the fixed cost of a
-   model call) + padded tokens. Grouping lengths cuts padding; the overhead term
-   keeps the batcher from splitting work into calls too small to be efficient.
+3. **Length grouping.** The oldest ``window`` inputs, sorted by length, are split
+   into the runs that would process all of them with the least work, where one
+   run costs ``overhead_tokens`` (the fixed cost of a model call) + its padded
+   tokens; the batch is the run holding the oldest input. Grouping lengths cuts
+   padding; the overhead term keeps the split from making calls too small to be
+   efficient; planning for the whole window (not just the next batch) keeps the
+   first batch from taking a tight cluster and leaving a costly remainder.
 4. **Prefetch only full batches.** While the model is busy, a batch may be
    prepared ahead only if it is already full; otherwise the decision waits for
    the model to free up, when more inputs will have arrived to group with.
@@ -43,8 +45,9 @@ class BatchPolicy:
     max_batch_tokens: int
     max_batch_size: int
     overhead_tokens: int = 64
-    # How far past the oldest input the batcher looks for similar lengths.
-    window: int = 256
+    # How many of the oldest inputs are planned together. Two batches' worth is
+    # enough to group lengths well; more only costs planning time on the loop.
+    window: int = 64
 
     def __post_init__(self) -> None:
         if self.max_batch_tokens < 1 or self.max_batch_size < 1 or self.window < 1:
@@ -85,7 +88,11 @@ def plan_batch(
     order = np.argsort(lengths, kind="stable")
     sorted_lengths = lengths[order]
     anchor = int(np.flatnonzero(order == 0)[0])
-    first, last = _best_run(sorted_lengths, anchor, policy)
+    first, last = next(
+        (first, last)
+        for first, last in _cheapest_partition(sorted_lengths.tolist(), policy)
+        if first <= anchor <= last
+    )
     positions = tuple(sorted(int(p) for p in order[first : last + 1]))
     plan = BatchPlan(
         positions=positions,
@@ -97,25 +104,32 @@ def plan_batch(
     return None
 
 
-def _best_run(lengths: np.ndarray, anchor: int, policy: BatchPolicy) -> tuple[int, int]:
-    """The run [first, last] of sorted lengths containing ``anchor`` with the best efficiency."""
-    n = len(lengths)
-    reach = policy.max_batch_size - 1  # no run is longer than a batch
-    prefix = np.concatenate(([0], np.cumsum(lengths)))
-    firsts = np.arange(max(0, anchor - reach), anchor + 1)[:, None]  # rows: where a run starts
-    lasts = np.arange(anchor, min(n, anchor + reach + 1))[None, :]  # columns: where it ends
-    sizes = lasts - firsts + 1
-    padded = sizes * lengths[lasts]
-    allowed = (sizes <= policy.max_batch_size) & (padded <= policy.max_batch_tokens)
-    if not allowed.any():
-        return anchor, anchor
-    efficiency = (prefix[lasts + 1] - prefix[firsts]) / (policy.overhead_tokens + padded)
-    efficiency = np.where(allowed, efficiency, -1.0)
-    best = efficiency.max()
-    # Among equally efficient runs, prefer the larger batch (fewer model calls).
-    candidates = np.argwhere(efficiency >= best - 1e-12)
-    row, col = max(candidates, key=lambda rc: int(sizes[rc[0], rc[1]]))
-    return int(firsts[row, 0]), int(lasts[0, col])
+def _cheapest_partition(lengths: Sequence[int], policy: BatchPolicy) -> list[tuple[int, int]]:
+    """Split sorted ``lengths`` into runs [first, last] that cost the least work in all.
+
+    Dynamic programming from the end: ``best[i]`` is the cheapest way to run
+    ``lengths[i:]``; a run [i, j) costs overhead + its size × its longest length.
+    Among equally cheap splits, earlier runs are made as large as possible.
+    """
+    count = len(lengths)
+    best = [float("inf")] * count + [0.0]
+    run_end = [count] * (count + 1)
+    for first in range(count - 1, -1, -1):
+        for end in range(min(count, first + policy.max_batch_size), first, -1):
+            longest = lengths[end - 1]
+            size = end - first
+            if size > 1 and size * longest > policy.max_batch_tokens:
+                continue
+            cost = policy.overhead_tokens + size * longest + best[end]
+            if cost < best[first]:
+                best[first] = cost
+                run_end[first] = end
+    runs = []
+    first = 0
+    while first < count:
+        runs.append((first, run_end[first] - 1))
+        first = run_end[first]
+    return runs
 
 
 def _is_full(plan: BatchPlan, policy: BatchPolicy) -> bool:

@@ -50,7 +50,8 @@ class Settings:
         default=32, metadata={"help": "most inputs in one model batch"}
     )
     max_client_batch_size: int = dataclasses.field(
-        default=256, metadata={"help": "most inputs one HTTP request may carry"}
+        default=256,
+        metadata={"help": "most inputs one HTTP request may carry (at most max_queued_inputs)"},
     )
     max_queued_inputs: int = dataclasses.field(
         default=2048,
@@ -96,11 +97,9 @@ class Settings:
         if not 0 <= self.port <= 65535:
             raise SettingsError(f"port must be between 0 and 65535, got {self.port}")
         if self.max_client_batch_size > self.max_queued_inputs:
-            raise SettingsError(
-                f"max_client_batch_size ({self.max_client_batch_size}) is larger than "
-                f"max_queued_inputs ({self.max_queued_inputs}): such a request could never "
-                "be admitted"
-            )
+            # A request larger than the admission bound could never be admitted, so
+            # lowering the bound lowers the request limit with it.
+            object.__setattr__(self, "max_client_batch_size", self.max_queued_inputs)
         if self.graceful_shutdown_seconds < 0:
             raise SettingsError("graceful_shutdown_seconds must not be negative")
 

@@ -20,9 +20,9 @@ import enum
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Self
+from typing import ParamSpec, Protocol, Self, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -47,6 +47,9 @@ __all__ = ["Embeddings", "Engine", "EngineState", "EngineStatistics", "ModelInfo
 
 logger = logging.getLogger(__name__)
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
 _BATCH_SIZE_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 _TOKEN_BOUNDS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 _INPUT_TOKEN_BOUNDS = (8, 16, 32, 64, 128, 256, 512, 1024)
@@ -55,6 +58,15 @@ _SECONDS_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 _RETRY_AFTER_RANGE = (1.0, 60.0)
 
 _Vectors = npt.NDArray[np.float32]
+
+
+class Offload(Protocol):
+    """How the engine runs blocking calls off the loop (``run_in_thread`` unless a test
+    injects something more deterministic)."""
+
+    def __call__(
+        self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Awaitable[T]: ...
 
 
 class EngineState(enum.Enum):
@@ -211,15 +223,17 @@ class Engine:
         model_names: Sequence[str] = (),
         clock: Callable[[], float] = time.monotonic,
         worker: InferenceWorker | None = None,
+        offload: Offload = run_in_thread,
     ) -> None:
         self._settings = settings or Settings()
+        self._offload = offload
         self._policy = BatchPolicy(
             max_batch_tokens=self._settings.max_batch_tokens,
             max_batch_size=self._settings.max_batch_size,
             overhead_tokens=self._settings.batch_overhead_tokens,
         )
         self._clock = clock
-        self._worker = worker or DedicatedWorker(backend_factory)
+        self._worker = worker or DedicatedWorker(backend_factory, clock=clock)
         self._model_id = model_id
         self._model_names = tuple(dict.fromkeys((model_id, *model_names)))
         self._state = EngineState.CREATED
@@ -343,7 +357,7 @@ class Engine:
             for request in {id(q.request): q.request for q in self._queue}.values():
                 self._fail(request, Unavailable("the engine closed before this request ran"))
         self._state = EngineState.CLOSED
-        await run_in_thread(self._worker.close, grace)
+        await self._offload(self._worker.close, grace)
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -377,7 +391,7 @@ class Engine:
         request = self._admit(len(texts), backend, width, normalize)
         try:
             try:
-                tokenized = await run_in_thread(backend.tokenize, texts)
+                tokenized = await self._offload(backend.tokenize, texts)
             except (TypeError, ValueError, UnicodeError) as exc:
                 raise InvalidInput(f"input could not be tokenized: {exc}", param="input") from exc
             for index, item in enumerate(tokenized):

@@ -37,8 +37,12 @@ class ResolvedModel:
         return name in self.names
 
 
-def resolve_model(reference: str) -> ResolvedModel:
-    """Find ``reference`` on local disk or raise ``ModelNotFound`` listing where it looked."""
+def resolve_model(reference: str, *, hf_cache_dir: Path | None = None) -> ResolvedModel:
+    """Find ``reference`` on local disk or raise ``ModelNotFound`` listing where it looked.
+
+    ``hf_cache_dir`` overrides the Hugging Face cache location (default: the hub
+    library's own, from ``HF_HOME``/``HF_HUB_CACHE``).
+    """
     reference = reference.strip()
     if reference in _DEFAULT_ALIASES:
         return ResolvedModel(DEFAULT_MODEL_ID, _packaged_default_path(), _DEFAULT_ALIASES)
@@ -52,7 +56,7 @@ def resolve_model(reference: str) -> ResolvedModel:
 
     repo_id, _, revision = reference.partition("@")
     if repo_id.count("/") == 1 and not local.exists():
-        cached = _from_hf_cache(repo_id, revision or None, searched)
+        cached = _from_hf_cache(repo_id, revision or None, hf_cache_dir, searched)
         if cached is not None:
             return ResolvedModel(repo_id, cached, (repo_id, reference))
     raise ModelNotFound(reference, tuple(searched))
@@ -70,14 +74,20 @@ def _is_model_dir(path: Path) -> bool:
     return path.is_dir() and any((path / marker).is_file() for marker in _MODEL_MARKERS)
 
 
-def _from_hf_cache(repo_id: str, revision: str | None, searched: list[str]) -> Path | None:
+def _from_hf_cache(
+    repo_id: str, revision: str | None, cache_dir: Path | None, searched: list[str]
+) -> Path | None:
     from huggingface_hub import snapshot_download
     from huggingface_hub.constants import HF_HUB_CACHE
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
-    searched.append(f"Hugging Face cache {HF_HUB_CACHE}")
+    searched.append(f"Hugging Face cache {cache_dir or HF_HUB_CACHE}")
     try:
-        path = Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+        path = Path(
+            snapshot_download(
+                repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True
+            )
+        )
     except (LocalEntryNotFoundError, HFValidationError, FileNotFoundError):
         return None
     return path if _is_model_dir(path) else None

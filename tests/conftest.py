@@ -1,0 +1,87 @@
+"""Shared fixtures. Real-model fixtures are session-scoped: loading torch and the
+model costs seconds, and every test that needs them reads, never mutates."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from tests.helpers import ServerProcess, sample_texts
+
+# Nothing in the suite may reach the Hugging Face hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    from embedloom.store import resolve_model
+
+    return resolve_model("all-MiniLM-L6-v2").path
+
+
+@pytest.fixture(scope="session")
+def reference_model(model_dir: Path) -> object:
+    """sentence-transformers itself: the source of truth for vectors."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(model_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def reference_encode(reference_model: object) -> object:
+    def encode(texts: list[str]) -> npt.NDArray[np.float32]:
+        return np.asarray(reference_model.encode(texts, batch_size=32))  # type: ignore[attr-defined]
+
+    return encode
+
+
+@pytest.fixture(scope="session")
+def texts() -> list[str]:
+    return sample_texts(64)
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[ServerProcess]:
+    """One real ``embedloom serve`` on loopback for the read-only API tests."""
+    with ServerProcess.start("--log-format", "json", "--log-level", "debug") as process:
+        yield process
+
+
+class _SlowCallbacks(logging.Handler):
+    """Collects asyncio debug mode's 'Executing <…> took N seconds' reports."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.reports: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        took = _TOOK.search(message)
+        if took and float(took.group(1)) > _MAX_LOOP_STEP_SECONDS:
+            self.reports.append(message)
+
+
+_TOOK = re.compile(r"took (\d+\.\d+) seconds")
+# asyncio's own threshold is 0.1 s; this shared 2-core machine stalls whole
+# processes now and then, so only a clearly blocking step fails a test.
+_MAX_LOOP_STEP_SECONDS = 0.25
+
+
+@pytest.fixture(autouse=True)
+def fail_on_blocking_the_event_loop() -> Iterator[None]:
+    handler = _SlowCallbacks()
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+    if handler.reports:
+        pytest.fail("the event loop was blocked:\n" + "\n".join(handler.reports))

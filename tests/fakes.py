@@ -1,0 +1,91 @@
+"""A fake backend for unit tests of the engine's scheduling (never for acceptance tests).
+
+One token per character, so lengths are obvious; each vector encodes its text,
+so a row delivered to the wrong request shows up at once. It can hold each
+batch until the test lets it go, to make concurrency deterministic.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from typing import ParamSpec, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from embedloom.backends.base import TokenizedInput
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class FakeBackend:
+    name = "fake"
+
+    def __init__(
+        self,
+        *,
+        max_input_tokens: int = 64,
+        normalizes: bool = False,
+        hold_batches: bool = False,
+        fail_on: str | None = None,
+    ) -> None:
+        self.max_input_tokens = max_input_tokens
+        self.dimensions = 4
+        self.normalizes = normalizes
+        self.batches: list[list[str]] = []
+        self.entered: queue.Queue[list[str]] = queue.Queue()
+        self._hold = hold_batches
+        self._go: queue.Queue[None] = queue.Queue()
+        self._fail_on = fail_on
+        self._lock = threading.Lock()
+
+    def tokenize(self, texts: Sequence[str]) -> list[TokenizedInput]:
+        out = []
+        for text in texts:
+            ids = tuple(ord(c) for c in text)
+            out.append(
+                TokenizedInput(
+                    input_ids=ids[: self.max_input_tokens],
+                    token_type_ids=None,
+                    truncated=len(ids) > self.max_input_tokens,
+                )
+            )
+        return out
+
+    def embed(self, batch: Sequence[TokenizedInput]) -> npt.NDArray[np.float32]:
+        texts = [decode(item) for item in batch]
+        with self._lock:
+            self.batches.append(texts)
+        self.entered.put(texts)
+        if self._hold:
+            self._go.get()
+        if self._fail_on is not None and self._fail_on in texts:
+            raise RuntimeError(f"poisoned input {self._fail_on!r}")
+        return np.array([signature(text) for text in texts], dtype=np.float32)
+
+    def release(self, batches: int = 1) -> None:
+        """Let ``batches`` held batches finish."""
+        for _ in range(batches):
+            self._go.put(None)
+
+    def wait_entered(self, timeout: float = 10) -> list[str]:
+        """Block until the model starts a batch; its texts."""
+        return self.entered.get(timeout=timeout)
+
+
+def decode(item: TokenizedInput) -> str:
+    return "".join(chr(i) for i in item.input_ids)
+
+
+def signature(text: str) -> list[float]:
+    """The fake model's 'embedding' of a text: identifies it, and is never zero."""
+    codes = [ord(c) for c in text] or [0]
+    return [float(len(text)), float(sum(codes)), float(codes[0]), 1.0]
+
+
+async def inline(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """An offload that runs the call at once on the loop: engine steps become deterministic."""
+    return fn(*args, **kwargs)

@@ -1,0 +1,129 @@
+"""Test helpers: a real server process, and texts to embed."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+_WORDS = tuple(
+    (
+        "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima "
+        "mike november oscar papa quebec romeo sierra tango uniform victor whiskey "
+        "xray yankee zulu river stone cloud server batch vector token model thread "
+        "queue memory latency"
+    ).split()
+)
+
+
+def sample_texts(count: int, *, seed: int = 3, words: tuple[int, int] = (3, 40)) -> list[str]:
+    """Distinct texts of varied length, deterministic per seed."""
+    rng = random.Random(seed)
+    return [
+        f"{index}: " + " ".join(rng.choice(_WORDS) for _ in range(rng.randint(*words)))
+        for index in range(count)
+    ]
+
+
+def long_text(tokens: int = 220) -> str:
+    """A text of roughly ``tokens`` tokens (each word is one token)."""
+    return " ".join(_WORDS[i % len(_WORDS)] for i in range(tokens))
+
+
+class ServerProcess:
+    """``embedloom serve`` in a subprocess on a free port.
+
+    Readiness and every other event are taken from the server's own log lines
+    (JSON), read by a thread into a queue: tests wait for a line, never sleep.
+    """
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.log: list[dict[str, Any]] = []
+        self._log_lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        ready = self.wait_for_log(lambda e: e.get("message", "").startswith("serving on "), 180)
+        self.url = ready["message"].removeprefix("serving on ")
+
+    @classmethod
+    def start(cls, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
+        command = [
+            str(Path(sys.executable).with_name("embedloom")),
+            "serve",
+            "--port",
+            "0",
+            "--log-format",
+            "json",
+            *args,
+        ]
+        process = subprocess.Popen(
+            command,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        return cls(process)
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for raw in self.process.stderr:
+            try:
+                entry = json.loads(raw)
+            except json.JSONDecodeError:
+                entry = {"message": raw.rstrip("\n"), "raw": True}
+            with self._log_lock:
+                self.log.append(entry)
+            self.lines.put(entry)
+        self.lines.put({"message": "<eof>", "eof": True})
+
+    def wait_for_log(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 60
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("the server never logged the expected line")
+            entry = self.lines.get(timeout=remaining)
+            if entry.get("eof"):
+                raise RuntimeError(f"server exited early: {self.tail()}")
+            if predicate(entry):
+                return entry
+
+    def log_entries(self) -> list[dict[str, Any]]:
+        with self._log_lock:
+            return list(self.log)
+
+    def tail(self, lines: int = 20) -> str:
+        return "\n".join(str(e) for e in self.log_entries()[-lines:])
+
+    def terminate(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=120)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)

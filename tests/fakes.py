@@ -41,8 +41,11 @@ class FakeBackend:
         self._go: queue.Queue[None] = queue.Queue()
         self._fail_on = fail_on
         self._lock = threading.Lock()
+        self.on_tokenize: Callable[[Sequence[str]], None] | None = None
 
     def tokenize(self, texts: Sequence[str]) -> list[TokenizedInput]:
+        if self.on_tokenize is not None:
+            self.on_tokenize(texts)
         out = []
         for text in texts:
             ids = tuple(ord(c) for c in text)

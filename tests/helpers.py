@@ -35,9 +35,13 @@ def sample_texts(count: int, *, seed: int = 3, words: tuple[int, int] = (3, 40))
     ]
 
 
+# Words that are one token each for the default model's tokenizer.
+_ONE_TOKEN_WORDS = ("alpha", "bravo", "charlie", "delta", "river", "stone", "cloud", "server")
+
+
 def long_text(tokens: int = 220) -> str:
-    """A text of roughly ``tokens`` tokens (each word is one token)."""
-    return " ".join(_WORDS[i % len(_WORDS)] for i in range(tokens))
+    """A text of exactly ``tokens`` tokens for the default model, [CLS] and [SEP] included."""
+    return " ".join(_ONE_TOKEN_WORDS[i % len(_ONE_TOKEN_WORDS)] for i in range(tokens - 2))
 
 
 class ServerProcess:
@@ -127,3 +131,6 @@ class ServerProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=30)
+        self._reader.join(timeout=30)
+        if self.process.stderr is not None:
+            self.process.stderr.close()

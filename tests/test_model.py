@@ -61,6 +61,7 @@ def test_tokenizer_flags_truncation(backend: TorchBackend) -> None:
     assert short.n_tokens == 4  # [CLS] hello world [SEP]
     assert long.truncated
     assert long.n_tokens == 256
+    assert backend.tokenize([long_text(100)])[0].n_tokens == 100, "the helper's promise"
 
 
 def test_tokenizing_from_many_threads_at_once(backend: TorchBackend) -> None:

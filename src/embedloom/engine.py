@@ -272,10 +272,11 @@ class Engine:
         cls, settings: Settings, *, clock: Callable[[], float] = time.monotonic
     ) -> Engine:
         """An engine on ``settings.model`` with the torch backend."""
-        from embedloom.backends.torch import TorchBackend
         from embedloom.store import resolve_model
 
-        model = resolve_model(settings.model)
+        model = resolve_model(settings.model)  # before importing torch: fail fast
+        from embedloom.backends.torch import TorchBackend
+
         return cls(
             lambda: TorchBackend(model.path),
             settings=settings,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 
@@ -39,21 +39,27 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Await ``work``, cancelling it if the client disconnects first.
 
     Cancelling reaches the engine, which drops the request's queued inputs, so a
-    client that gave up costs no model time.
+    client that gave up costs no model time. Either way, ``work`` has finished
+    (and cleaned up) before this returns or raises.
     """
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
         await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not task.done():
-            task.cancel()
-        watcher.cancel()
-    if task.done() and not task.cancelled():
+    except BaseException:
+        await _cancel_and_wait(task, watcher)
+        raise
+    watcher.cancel()
+    if task.done():
         return task.result()
-    # Let the engine see the cancellation before we report.
-    await asyncio.gather(task, return_exceptions=True)
+    await _cancel_and_wait(task)
     raise ClientDisconnected()
+
+
+async def _cancel_and_wait(*tasks: asyncio.Future[Any]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _wait_for_disconnect(request: Request) -> None:

@@ -8,9 +8,9 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from embedloom.errors import ModelNotFound, TooManyInputs
+from embedloom.errors import ModelNotFound
 from embedloom.server.schemas import EmbeddingRequest, EmbeddingResponse, parse_body
-from embedloom.server.state import server_state, unless_disconnected
+from embedloom.server.state import embed_for_request, json_body, server_state
 
 __all__ = ["router"]
 
@@ -22,31 +22,18 @@ router = APIRouter()
     response_model=None,
     summary="Create embeddings (OpenAI-compatible)",
     responses={200: {"model": EmbeddingResponse}},
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": EmbeddingRequest.model_json_schema()}},
-        }
-    },
+    openapi_extra=json_body(EmbeddingRequest),
 )
 async def create_embeddings(request: Request) -> Response:
-    state = server_state(request)
     body = parse_body(await request.body(), EmbeddingRequest)
-    info = state.engine.model_info
+    info = server_state(request).engine.model_info
     if body.model is not None and body.model not in info.names:
         raise ModelNotFound(
             body.model,
             message=f"model {body.model!r} is not served here; it serves {info.model_id!r}",
         )
-    texts = [body.input] if isinstance(body.input, str) else body.input
-    if len(texts) > state.settings.max_client_batch_size:
-        raise TooManyInputs(count=len(texts), limit=state.settings.max_client_batch_size)
-    result = await unless_disconnected(
-        request,
-        state.engine.embed(
-            texts, truncate=state.settings.auto_truncate, dimensions=body.dimensions
-        ),
-    )
+    # OpenAI's API has no truncation switch: the server's --auto-truncate decides.
+    result = await embed_for_request(request, body.input, dimensions=body.dimensions)
     if body.encoding_format == "base64":
         encoded: list[object] = [
             base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in result.vectors

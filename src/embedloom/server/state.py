@@ -8,13 +8,22 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from pydantic import BaseModel
 from starlette.requests import Request
 
 from embedloom.config import Settings
-from embedloom.engine import Engine
+from embedloom.engine import Embeddings, Engine
+from embedloom.errors import TooManyInputs
 from embedloom.server.metrics import ServerMetrics
 
-__all__ = ["ClientDisconnected", "ServerState", "server_state", "unless_disconnected"]
+__all__ = [
+    "ClientDisconnected",
+    "ServerState",
+    "embed_for_request",
+    "json_body",
+    "server_state",
+    "unless_disconnected",
+]
 
 T = TypeVar("T")
 
@@ -29,6 +38,43 @@ class ServerState:
 def server_state(request: Request) -> ServerState:
     state: ServerState = request.app.state.embedloom
     return state
+
+
+async def embed_for_request(
+    request: Request,
+    texts: str | list[str],
+    *,
+    normalize: bool | None = None,
+    truncate: bool | None = None,
+    dimensions: int | None = None,
+) -> Embeddings:
+    """What both embedding routes do once the body is parsed: enforce the per-request
+    limit, apply the server's truncation default, and run the engine for as long as
+    the client is still there."""
+    state = server_state(request)
+    batch = [texts] if isinstance(texts, str) else texts
+    limit = state.settings.max_client_batch_size
+    if len(batch) > limit:
+        raise TooManyInputs(count=len(batch), limit=limit)
+    return await unless_disconnected(
+        request,
+        state.engine.embed(
+            batch,
+            normalize=normalize,
+            truncate=state.settings.auto_truncate if truncate is None else truncate,
+            dimensions=dimensions,
+        ),
+    )
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for a body the route parses itself (see ``schemas.parse_body``)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
 
 
 class ClientDisconnected(Exception):

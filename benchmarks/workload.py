@@ -1,4 +1,4 @@
-"""The benchmark's texts: deterministic English-like sentences of 8–67 tokens (mean ~30)."""
+"""The benchmark's texts: deterministic English-like sentences of 8–70 tokens (mean 30)."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 import socket
 from types import FrameType
@@ -63,7 +64,7 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         log_config=None,  # logging is configured by embedloom.log
         access_log=False,  # the request middleware writes the access log, with request ids
-        timeout_graceful_shutdown=int(settings.graceful_shutdown_seconds) or None,
+        timeout_graceful_shutdown=math.ceil(settings.graceful_shutdown_seconds),
         server_header=False,
     )
     server = _DrainingServer(config, engine)

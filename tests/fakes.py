@@ -42,6 +42,11 @@ class FakeBackend:
         self._fail_on = fail_on
         self._lock = threading.Lock()
         self.on_tokenize: Callable[[Sequence[str]], None] | None = None
+        self.running = 0  # embed calls in progress now
+        self.most_running = 0  # the most ever in progress at once
+
+    def compute_threads(self) -> int:
+        return 1
 
     def tokenize(self, texts: Sequence[str]) -> list[TokenizedInput]:
         if self.on_tokenize is not None:
@@ -62,12 +67,18 @@ class FakeBackend:
         texts = [decode(item) for item in batch]
         with self._lock:
             self.batches.append(texts)
-        self.entered.put(texts)
-        if self._hold:
-            self._go.get()
-        if self._fail_on is not None and self._fail_on in texts:
-            raise RuntimeError(f"poisoned input {self._fail_on!r}")
-        return np.array([signature(text) for text in texts], dtype=np.float32)
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+        try:
+            self.entered.put(texts)
+            if self._hold:
+                self._go.get()
+            if self._fail_on is not None and self._fail_on in texts:
+                raise RuntimeError(f"poisoned input {self._fail_on!r}")
+            return np.array([signature(text) for text in texts], dtype=np.float32)
+        finally:
+            with self._lock:
+                self.running -= 1
 
     def release(self, batches: int = 1) -> None:
         """Let ``batches`` held batches finish."""

@@ -14,6 +14,7 @@ from embedloom.batching import BatchPolicy, plan_batch
 @dataclass(frozen=True)
 class Item:
     n_tokens: int
+    owner: object = None
 
 
 def queue_of(*lengths: int) -> list[Item]:

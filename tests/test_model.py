@@ -148,3 +148,29 @@ def test_embedder_splits_calls_larger_than_the_admission_bound(reference_encode:
         vectors = embedder.embed(texts)
     assert vectors.shape == (50, 384)
     assert cosines(vectors, reference_encode(texts)).min() >= 0.99999
+
+
+@pytest.mark.parametrize(
+    ("settings", "replicas", "reported"),
+    [
+        (Settings(sharing="replicas", threads=2), 2, (1, 1)),
+        (Settings(sharing="dedicated", threads=2), 1, (2,)),
+        (Settings(sharing="locked", threads=2), 1, (2, 2, 2, 2)),
+    ],
+    ids=["replicas", "dedicated", "locked"],
+)
+async def test_the_budget_is_what_each_backend_reports(
+    settings: Settings, replicas: int, reported: tuple[int, ...]
+) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        async with Engine.from_settings(settings) as engine:
+            worker = engine.statistics().worker
+            result = await engine.embed(["budgeted"])
+    finally:
+        torch.set_num_threads(before)
+    assert worker.replicas == replicas
+    assert worker.reported_threads == reported
+    assert result.vectors.shape == (1, 384)

@@ -113,6 +113,8 @@ def test_health_info_metrics_docs(client: httpx.Client) -> None:
     assert info["max_input_length"] == 256
     assert info["backend"] == "torch"
     assert {"max_batch_tokens", "max_client_batch_size", "version"} <= info.keys()
+    assert info["sharing"] in {"dedicated", "replicas"}
+    assert info["replicas"] * info["threads_per_replica"] <= info["thread_budget"]
     client.post("/v1/embeddings", json={"input": "count me"})
     metrics = client.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
@@ -125,6 +127,9 @@ def test_health_info_metrics_docs(client: httpx.Client) -> None:
         "embedloom_batch_size_bucket",
         "embedloom_batch_tokens_bucket",
         "embedloom_input_tokens_total",
+        "embedloom_replicas",
+        "embedloom_threads_per_replica",
+        "embedloom_thread_budget",
     ):
         assert name in metrics.text, name
     assert client.get("/docs").status_code == 200

@@ -39,6 +39,11 @@ class HasTokens(Protocol):
     @property
     def n_tokens(self) -> int: ...
 
+    @property
+    def owner(self) -> object:
+        """The request the input belongs to."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class BatchPolicy:
@@ -48,6 +53,10 @@ class BatchPolicy:
     # How many of the oldest inputs are planned together. Two batches' worth is
     # enough to group lengths well; more only costs planning time on the loop.
     window: int = 64
+    # The ``locked`` strategy: no batching across requests; each batch holds the
+    # oldest request's inputs only (split by the limits), and goes to a free
+    # request thread whether or not the model is busy, as thread-per-request does.
+    one_request_per_batch: bool = False
 
     def __post_init__(self) -> None:
         if self.max_batch_tokens < 1 or self.max_batch_size < 1 or self.window < 1:
@@ -82,6 +91,8 @@ def plan_batch(
     """
     if not queue:
         return None
+    if policy.one_request_per_batch:
+        return _oldest_request_alone(queue, policy)
     window = min(len(queue), policy.window)
     lengths = np.fromiter((queue[i].n_tokens for i in range(window)), dtype=np.int64, count=window)
     # Stable sort: among equal lengths, older inputs come first.
@@ -130,6 +141,29 @@ def _cheapest_partition(lengths: Sequence[int], policy: BatchPolicy) -> list[tup
         runs.append((first, run_end[first] - 1))
         first = run_end[first]
     return runs
+
+
+def _oldest_request_alone(queue: Sequence[HasTokens], policy: BatchPolicy) -> BatchPlan:
+    owner = queue[0].owner
+    positions: list[int] = []
+    longest = 0
+    for position in range(min(len(queue), policy.window)):
+        item = queue[position]
+        if item.owner is not owner:
+            continue
+        widest = max(longest, item.n_tokens)
+        if positions and (
+            len(positions) + 1 > policy.max_batch_size
+            or (len(positions) + 1) * widest > policy.max_batch_tokens
+        ):
+            break
+        positions.append(position)
+        longest = widest
+    return BatchPlan(
+        positions=tuple(positions),
+        padded_length=longest,
+        real_tokens=sum(queue[p].n_tokens for p in positions),
+    )
 
 
 def _is_full(plan: BatchPlan, policy: BatchPolicy) -> bool:

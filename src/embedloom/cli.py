@@ -26,8 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the HTTP server (OpenAI /v1/embeddings, TEI /embed)",
         description="Run the HTTP server. Every flag can also be set as EMBEDLOOM_<FLAG>.",
     )
-    for spec in setting_specs():
-        _add_setting(serve, spec)
+    doctor = commands.add_parser(
+        "doctor",
+        help="show the concurrency picture of this machine and configuration",
+        description="Report cores, thread pools, the sharing plan for the given flags, and "
+        "problems with their fixes. Exits 1 when it finds an error.",
+    )
+    for command in (serve, doctor):
+        for spec in setting_specs():
+            _add_setting(command, spec)
     return parser
 
 
@@ -71,8 +78,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env(os.environ, **flags)
     except SettingsError as exc:
         parser.error(str(exc))
-    assert args.command == "serve"  # argparse refuses anything else
+    if args.command == "doctor":
+        return _doctor(settings)
     return _serve(settings)
+
+
+def _doctor(settings: Settings) -> int:
+    from embedloom.doctor import run_doctor
+
+    text, failed = run_doctor(settings, os.environ)
+    print(text, end="")
+    return 1 if failed else 0
 
 
 def _serve(settings: Settings) -> int:

@@ -20,6 +20,7 @@ ENV_PREFIX = "EMBEDLOOM_"
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 LogFormat = Literal["text", "json"]
+Sharing = Literal["auto", "dedicated", "replicas", "locked"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
@@ -67,6 +68,25 @@ class Settings:
             "weighs it against padding when grouping inputs by length"
         },
     )
+    sharing: Sharing = dataclasses.field(
+        default="auto",
+        metadata={
+            "help": "how the model is shared: dedicated (one inference thread), replicas "
+            "(one model per inference thread), locked (one model behind a lock, no "
+            "batching), or auto (dedicated on a GPU, replicas on CPU)"
+        },
+    )
+    replicas: int = dataclasses.field(
+        default=0,
+        metadata={"help": "model replicas for --sharing replicas (0: chosen from the budget)"},
+    )
+    threads: int = dataclasses.field(
+        default=0,
+        metadata={
+            "help": "thread budget: compute threads for the model(s) in all "
+            "(0: the cores this process may use, after affinity and cgroup limits)"
+        },
+    )
     auto_truncate: bool = dataclasses.field(
         default=False,
         metadata={
@@ -92,6 +112,8 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.replicas < 0 or self.threads < 0:
+            raise SettingsError("replicas and threads must not be negative (0 means automatic)")
         if self.batch_overhead_tokens < 0:
             raise SettingsError("batch_overhead_tokens must not be negative")
         if not 0 <= self.port <= 65535:

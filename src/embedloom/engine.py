@@ -40,8 +40,15 @@ from embedloom.errors import (
 )
 from embedloom.offload import run_in_thread
 from embedloom.scope import current_scope
-from embedloom.sharing import DedicatedWorker, InferenceWorker, WorkerStatistics
+from embedloom.sharing import (
+    InferenceWorker,
+    SharingPlan,
+    WorkerStatistics,
+    build_worker,
+    plan_sharing,
+)
 from embedloom.stats import Histogram, HistogramSnapshot, RateEstimator
+from embedloom.threads import usable_cores
 
 __all__ = ["Embeddings", "Engine", "EngineState", "EngineStatistics", "ModelInfo"]
 
@@ -58,6 +65,8 @@ _SECONDS_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 _RETRY_AFTER_RANGE = (1.0, 60.0)
 
 _Vectors = npt.NDArray[np.float32]
+# Without a plan: one inference thread, the backend's own thread settings.
+_DEDICATED = SharingPlan("dedicated", 1, 1, 0, 0, "the default")
 
 
 class Offload(Protocol):
@@ -173,6 +182,10 @@ class _QueuedInput:
     def n_tokens(self) -> int:
         return self.tokens.n_tokens
 
+    @property
+    def owner(self) -> object:
+        return self.request
+
 
 class _Job:
     """A batch handed to the worker. ``take_inputs``/``complete`` run on the worker thread;
@@ -222,18 +235,21 @@ class Engine:
         model_id: str = "custom",
         model_names: Sequence[str] = (),
         clock: Callable[[], float] = time.monotonic,
+        sharing: SharingPlan | None = None,
         worker: InferenceWorker | None = None,
         offload: Offload = run_in_thread,
     ) -> None:
         self._settings = settings or Settings()
         self._offload = offload
+        self._sharing = sharing or _DEDICATED
         self._policy = BatchPolicy(
             max_batch_tokens=self._settings.max_batch_tokens,
             max_batch_size=self._settings.max_batch_size,
             overhead_tokens=self._settings.batch_overhead_tokens,
+            one_request_per_batch=self._sharing.strategy == "locked",
         )
         self._clock = clock
-        self._worker = worker or DedicatedWorker(backend_factory, clock=clock)
+        self._worker = worker or build_worker(self._sharing, backend_factory, clock=clock)
         self._model_id = model_id
         self._model_names = tuple(dict.fromkeys((model_id, *model_names)))
         self._state = EngineState.CREATED
@@ -271,19 +287,36 @@ class Engine:
     def from_settings(
         cls, settings: Settings, *, clock: Callable[[], float] = time.monotonic
     ) -> Engine:
-        """An engine on ``settings.model`` with the torch backend."""
+        """An engine on ``settings.model`` with the torch backend, shared as
+        ``settings.sharing`` says within the thread budget."""
         from embedloom.store import resolve_model
 
         model = resolve_model(settings.model)  # before importing torch: fail fast
-        from embedloom.backends.torch import TorchBackend
+        from embedloom.backends.torch import TorchBackend, cuda_device_count
 
+        plan = plan_sharing(settings, cores=usable_cores().usable, gpus=cuda_device_count())
+        logger.info(
+            "sharing: %s, %d replica(s), %d inference thread(s), %d intra-op thread(s) each, "
+            "budget %d (%s)",
+            plan.strategy,
+            plan.replicas,
+            plan.inference_threads,
+            plan.threads_per_replica,
+            plan.budget,
+            plan.reason,
+        )
         return cls(
-            lambda: TorchBackend(model.path),
+            lambda: TorchBackend(model.path, threads=plan.threads_per_replica),
             settings=settings,
             model_id=model.id,
             model_names=model.names,
             clock=clock,
+            sharing=plan,
         )
+
+    @property
+    def sharing(self) -> SharingPlan:
+        return self._sharing
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -446,7 +479,8 @@ class Engine:
         """Hand batches to the worker while it has room and the planner says go."""
         assert self._loop is not None
         while self._queue and self._jobs_outstanding < self._worker.capacity:
-            plan = plan_batch(self._queue, self._policy, model_idle=self._jobs_outstanding == 0)
+            idle = self._jobs_outstanding < self._worker.parallelism
+            plan = plan_batch(self._queue, self._policy, model_idle=idle)
             if plan is None:
                 return
             items = self._take(plan.positions)

@@ -1,34 +1,62 @@
-"""Who runs a batch, on which thread: the model-sharing strategies.
+"""Who runs a batch, on which thread: the model-sharing strategies and the thread budget.
 
-A model cannot simply be called from every request thread (torch's thread
-pool is process-global, and the model's buffers are not meant for concurrent
-use), so the engine hands batches to a worker that owns the model. The worker
-knows nothing of asyncio or requests: it takes ``BatchJob``s and reports each
-outcome back through the job.
+A model cannot simply be called from every request thread, so the engine
+hands batches to a worker that owns the model(s). A worker knows nothing of
+asyncio or requests: it takes ``BatchJob``s and reports each outcome through
+the job. Three strategies implement the same ``InferenceWorker`` protocol:
 
-``DedicatedWorker`` — one inference thread that owns one model — is the
-strategy for one device; other strategies implement the same ``InferenceWorker``
-protocol.
+- ``dedicated``: one inference thread owns one model and gets the whole thread
+  budget for its intra-op pool. One device, one feeder: the choice for a GPU.
+- ``replicas``: K inference threads, each owning its own model instance (the
+  thread-local pattern), each with budget ÷ K intra-op threads; a batch goes to
+  whichever replica is idle.
+- ``locked``: one model behind a lock, each request run alone by one of a few
+  request threads. The naive pattern, kept as a baseline and for models that
+  cannot batch.
+
+What torch's thread setting does with several inference threads (measured
+on torch 2.13, OpenMP backend, 2 cores; benchmarks and the README have the
+figures): ``torch.set_num_threads(n)`` sets a process-wide value, but the pool
+it sizes is per calling thread. Every Python thread that runs torch ops
+becomes the master of its own OpenMP team of n threads, so K inference threads
+with n each run K × n compute threads: with n=2 and K=2 we counted four busy
+OS threads on two cores. Hence replicas get budget ÷ K each, and
+``compute_threads`` (what the backend reports from inside its own thread) is
+what the statistics show, not what was asked for. Tokenising runs on the
+offload threads, one request at a time and without the tokenizers library's
+own thread pool (see ``backends/torch.py``).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from embedloom.backends.base import Backend, BackendFactory, TokenizedInput
+from embedloom.config import Settings, SettingsError
 from embedloom.offload import start_thread
 
-__all__ = ["BatchJob", "DedicatedWorker", "InferenceWorker", "WorkerStatistics"]
+__all__ = [
+    "BatchJob",
+    "BatchSpan",
+    "InferenceWorker",
+    "SharingPlan",
+    "ThreadedWorker",
+    "WorkerStatistics",
+    "build_worker",
+    "plan_sharing",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +78,93 @@ class BatchJob(Protocol):
         ...
 
 
+Strategy = Literal["dedicated", "replicas", "locked"]
+
+# Threads that carry requests to the lock in the ``locked`` strategy, like a
+# small web server's thread pool. They wait on the lock, so they are not
+# compute threads; only the one holding the lock computes.
+_LOCKED_REQUEST_THREADS = 4
+# Replicas cost a model copy each; past this many the memory grows while the
+# gain is unmeasured (this machine has 2 cores), so larger budgets give each
+# replica more intra-op threads instead.
+_MAX_AUTO_REPLICAS = 4
+_RECENT_SPANS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class SharingPlan:
+    """How the model is shared and how the thread budget is split."""
+
+    strategy: Strategy
+    replicas: int  # model instances
+    inference_threads: int  # threads that call the model
+    threads_per_replica: int  # intra-op threads each replica is given
+    budget: int
+    reason: str
+
+    @property
+    def compute_threads(self) -> int:
+        """Busy compute threads at most: replicas running at once × their pools."""
+        running_at_once = 1 if self.strategy == "locked" else self.replicas
+        return running_at_once * self.threads_per_replica
+
+
+def plan_sharing(settings: Settings, *, cores: int, gpus: int) -> SharingPlan:
+    """Resolve ``--sharing``, ``--replicas`` and ``--threads`` against this machine."""
+    budget = settings.threads or cores
+    strategy: Strategy
+    if settings.sharing != "auto":
+        strategy = settings.sharing
+        reason = f"--sharing {strategy}"
+    elif gpus:
+        strategy = "dedicated"
+        reason = "a GPU: one inference thread keeps it fed; more would only contend for it"
+    elif budget == 1:
+        strategy = "dedicated"
+        reason = "one core: nothing to split between replicas"
+    else:
+        # benchmarks/results/sharing.md: on CPU, K replicas of budget ÷ K threads beat
+        # one model with the whole budget at every concurrency measured, because the
+        # per-operator cost of a small model (Python dispatch, OpenMP fork/join) is
+        # paid in parallel instead of in series.
+        strategy = "replicas"
+        reason = "CPU: replicas of budget ÷ K threads measured fastest (benchmarks/)"
+    if settings.replicas and strategy != "replicas":
+        raise SettingsError(f"--replicas applies to --sharing replicas, not {strategy}")
+    if strategy == "dedicated":
+        return SharingPlan(strategy, 1, 1, budget, budget, reason)
+    if strategy == "locked":
+        return SharingPlan(strategy, 1, _LOCKED_REQUEST_THREADS, budget, budget, reason)
+    replicas = settings.replicas or min(budget, _MAX_AUTO_REPLICAS)
+    if replicas > budget:
+        raise SettingsError(
+            f"{replicas} replicas need at least {replicas} compute threads, more than the "
+            f"thread budget of {budget}; lower --replicas or raise --threads"
+        )
+    return SharingPlan(strategy, replicas, replicas, budget // replicas, budget, reason)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSpan:
+    """When one batch ran, and on which inference thread."""
+
+    thread: int
+    started: float
+    finished: float
+    inputs: int
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerStatistics:
     strategy: str
+    replicas: int
     inference_threads: int
+    threads_per_replica: int  # the most any inference thread's backend reports; 0 before load
+    reported_threads: tuple[int, ...]  # intra-op threads per inference thread, as reported
     batches_run: int
-    busy: bool
+    busy: int  # inference threads running a batch now
     alive: bool
+    recent_batches: tuple[BatchSpan, ...]
 
 
 class InferenceWorker(Protocol):
@@ -65,6 +173,11 @@ class InferenceWorker(Protocol):
     @property
     def capacity(self) -> int:
         """How many unfinished jobs it accepts at once (running + waiting to run)."""
+        ...
+
+    @property
+    def parallelism(self) -> int:
+        """How many jobs can run at the same moment."""
         ...
 
     def start(self) -> concurrent.futures.Future[Backend]:
@@ -78,71 +191,121 @@ class InferenceWorker(Protocol):
     def statistics(self) -> WorkerStatistics: ...
 
 
-class DedicatedWorker:
-    """One inference thread that loads and owns one model.
+class ThreadedWorker:
+    """Inference threads pulling jobs from one hand-off queue.
 
-    The hand-off holds one job beyond the running one (``capacity`` 2), so the
-    next batch can be waiting the moment the model frees up, and no more: a
-    deeper hand-off would only hide queueing from the batcher.
+    Each thread owns a model instance, or (``shared_model``) all threads take
+    turns on one instance under a lock. Only an idle thread takes a job, so a
+    batch always goes to an idle replica; the engine never submits more than
+    ``capacity`` unfinished jobs (one waiting per thread beyond the running
+    ones), so the hand-off stays bounded.
     """
-
-    capacity = 2
 
     def __init__(
         self,
         factory: BackendFactory,
         *,
-        name: str = "embedloom-inference",
+        strategy: Strategy,
+        threads: int,
+        shared_model: bool,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        if threads < 1:
+            raise ValueError("a worker needs at least one thread")
         self._factory = factory
-        self._name = name
+        self._strategy = strategy
+        self._thread_count = threads
+        self._shared_model = shared_model
         self._clock = clock
-        # Bounded by the engine, which never submits more than ``capacity`` jobs.
-        # None is the stop signal.
+        self.capacity = 2 * threads if not shared_model else threads
+        self.parallelism = 1 if shared_model else threads
+        # None is the stop signal, one per thread.
         self._jobs: queue.SimpleQueue[BatchJob | None] = queue.SimpleQueue()
         self._ready: concurrent.futures.Future[Backend] = concurrent.futures.Future()
-        self._thread: threading.Thread | None = None
+        self._model_lock = threading.Lock()  # serialises runs when the model is shared
+        self._state_lock = threading.Lock()
+        self._shared: Backend | None = None
+        self._loaded = 0
+        self._reported: list[int] = [0] * threads
+        self._threads: list[threading.Thread] = []
         self._batches_run = 0
-        self._busy = False
+        self._busy = 0
+        self._spans: deque[BatchSpan] = deque(maxlen=_RECENT_SPANS)
 
     def start(self) -> concurrent.futures.Future[Backend]:
-        if self._thread is not None:
+        if self._threads:
             raise RuntimeError("worker already started")
-        self._thread = start_thread(self._run, name=self._name)
+        self._threads = [
+            start_thread(
+                functools.partial(self._run, index), name=f"embedloom-{self._strategy}-{index}"
+            )
+            for index in range(self._thread_count)
+        ]
         return self._ready
 
     def submit(self, job: BatchJob) -> None:
-        if self._thread is None or not self._thread.is_alive():
+        if not self._threads or not any(t.is_alive() for t in self._threads):
             raise RuntimeError("worker is not running")
         self._jobs.put(job)
 
     def close(self, timeout: float | None = None) -> None:
-        if self._thread is None:
-            return
-        self._jobs.put(None)
-        self._thread.join(timeout)
+        for _ in self._threads:
+            self._jobs.put(None)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def statistics(self) -> WorkerStatistics:
-        alive = self._thread is not None and self._thread.is_alive()
-        return WorkerStatistics("dedicated", 1, self._batches_run, self._busy, alive)
+        with self._state_lock:
+            return WorkerStatistics(
+                strategy=self._strategy,
+                replicas=1 if self._shared_model else self._thread_count,
+                inference_threads=self._thread_count,
+                threads_per_replica=max(self._reported),
+                reported_threads=tuple(self._reported),
+                batches_run=self._batches_run,
+                busy=self._busy,
+                alive=bool(self._threads) and all(t.is_alive() for t in self._threads),
+                recent_batches=tuple(self._spans),
+            )
 
-    def _run(self) -> None:
+    def _load(self) -> Backend:
+        if not self._shared_model:
+            return self._factory()
+        with self._model_lock:
+            if self._shared is None:
+                self._shared = self._factory()
+            return self._shared
+
+    def _run(self, index: int) -> None:
         try:
-            backend = self._factory()
+            backend = self._load()
+            reported = backend.compute_threads()
         except BaseException as exc:
-            self._ready.set_exception(exc)
+            with self._state_lock:
+                if not self._ready.done():
+                    self._ready.set_exception(exc)
             return
-        self._ready.set_result(backend)
+        with self._state_lock:
+            self._loaded += 1
+            self._reported[index] = reported
+            if self._loaded == self._thread_count and not self._ready.done():
+                self._ready.set_result(backend)
         while True:
             job = self._jobs.get()
             if job is None:
                 return
-            self._run_job(backend, job)
+            if self._shared_model:
+                with self._model_lock:
+                    self._run_job(index, backend, job)
+            else:
+                self._run_job(index, backend, job)
 
-    def _run_job(self, backend: Backend, job: BatchJob) -> None:
-        self._busy = True
+    def _run_job(self, index: int, backend: Backend, job: BatchJob) -> None:
+        with self._state_lock:
+            self._busy += 1
         started = self._clock()
+        inputs: Sequence[TokenizedInput] = ()
         try:
             inputs = job.take_inputs()
             vectors = backend.embed(inputs) if inputs else None
@@ -152,11 +315,28 @@ class DedicatedWorker:
         else:
             job.complete(vectors, None, self._clock() - started)
         finally:
-            self._busy = False
-            self._batches_run += 1
+            finished = self._clock()
+            with self._state_lock:
+                self._busy -= 1
+                self._batches_run += 1
+                if inputs:
+                    self._spans.append(BatchSpan(index, started, finished, len(inputs)))
 
     def __repr__(self) -> str:
         stats = self.statistics()
         return (
-            f"<DedicatedWorker alive={stats.alive} busy={stats.busy} batches={stats.batches_run}>"
+            f"<ThreadedWorker {stats.strategy} threads={stats.inference_threads} "
+            f"alive={stats.alive} busy={stats.busy} batches={stats.batches_run}>"
         )
+
+
+def build_worker(
+    plan: SharingPlan, factory: BackendFactory, *, clock: Callable[[], float] = time.perf_counter
+) -> ThreadedWorker:
+    return ThreadedWorker(
+        factory,
+        strategy=plan.strategy,
+        threads=plan.inference_threads,
+        shared_model=plan.strategy == "locked",
+        clock=clock,
+    )

@@ -54,6 +54,11 @@ class Backend(Protocol):
         """Whether the model's own configuration L2-normalises its output."""
         ...
 
+    def compute_threads(self) -> int:
+        """Intra-op threads the model uses when called from the current thread, as the
+        runtime reports it (not as configured)."""
+        ...
+
     def tokenize(self, texts: Sequence[str]) -> list[TokenizedInput]:
         """Tokenise texts, truncating each to ``max_input_tokens``."""
         ...

@@ -23,7 +23,7 @@ from tokenizers import Tokenizer
 from embedloom.backends.base import TokenizedInput
 from embedloom.errors import BackendError
 
-__all__ = ["TorchBackend"]
+__all__ = ["TorchBackend", "cuda_device_count"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +33,15 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, model_dir: Path, *, device: str | None = None) -> None:
+    def __init__(self, model_dir: Path, *, device: str | None = None, threads: int = 0) -> None:
+        """Load the model. ``threads`` > 0 sizes torch's intra-op pool of the calling
+        thread (the inference thread that will own this backend): see ``sharing``."""
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as transformers_logging
 
+        if threads > 0:
+            torch.set_num_threads(threads)
+        _single_interop_thread()
         self._device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         # A progress bar per model load is noise in a server's logs.
         transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
@@ -99,8 +104,14 @@ class TorchBackend:
     def device(self) -> str:
         return self._device
 
+    def compute_threads(self) -> int:
+        return int(torch.get_num_threads())
+
     def tokenize(self, texts: Sequence[str]) -> list[TokenizedInput]:
-        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=True)
+        # One text at a time: ``encode_batch`` would spread the work over the
+        # tokenizers library's own thread pool, threads outside the budget (and a
+        # pool that must not exist when a server forks its workers).
+        encodings = [self._tokenizer.encode(text, add_special_tokens=True) for text in texts]
         return [
             TokenizedInput(
                 input_ids=tuple(e.ids),
@@ -143,3 +154,19 @@ class TorchBackend:
             f"<TorchBackend device={self._device} dims={self._dimensions} "
             f"max_tokens={self._max_tokens} normalizes={self._normalizes}>"
         )
+
+
+def cuda_device_count() -> int:
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+
+
+def _single_interop_thread() -> None:
+    """Inference never forks inter-op work, so its pool needs one thread. torch allows
+    setting it only before the pool starts; later calls raise, and the pool then
+    keeps the size it already has."""
+    if torch.get_num_interop_threads() == 1:
+        return
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        logger.debug("torch's inter-op pool already started; left as it is")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -20,7 +20,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from embedloom._version import __version__
-from embedloom.engine import Engine, EngineStatistics, ModelInfo
+from embedloom.engine import Engine, ModelInfo
 from embedloom.stats import HistogramSnapshot
 
 __all__ = ["ServerMetrics"]
@@ -48,7 +48,7 @@ class ServerMetrics:
             buckets=_REQUEST_SECONDS_BOUNDS,
             registry=self.registry,
         )
-        self.registry.register(_EngineCollector(engine.statistics, lambda: _info_or_none(engine)))
+        self.registry.register(_EngineCollector(engine))
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self._requests.labels(route, method, str(status)).inc()
@@ -66,21 +66,16 @@ def _info_or_none(engine: Engine) -> ModelInfo | None:
 
 
 class _EngineCollector(Collector):
-    def __init__(
-        self,
-        statistics: Callable[[], EngineStatistics],
-        model_info: Callable[[], ModelInfo | None],
-    ) -> None:
-        self._statistics = statistics
-        self._model_info = model_info
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
 
     def collect(
         self,
     ) -> Iterator[
         GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily | InfoMetricFamily
     ]:
-        stats = self._statistics()
-        info = self._model_info()
+        stats = self._engine.statistics()
+        info = _info_or_none(self._engine)
         build = {"version": __version__, "state": stats.state, "strategy": stats.worker.strategy}
         if info is not None:
             build |= {"model": info.model_id, "backend": info.backend}
@@ -94,7 +89,21 @@ class _EngineCollector(Collector):
             "embedloom_running_batches", "batches handed to the model", stats.running_batches
         )
         worker = stats.worker
-        yield _gauge("embedloom_inference_threads", "model threads", worker.inference_threads)
+        yield _gauge(
+            "embedloom_inference_threads", "threads calling the model", worker.inference_threads
+        )
+        yield _gauge("embedloom_replicas", "model instances", worker.replicas)
+        yield _gauge(
+            "embedloom_threads_per_replica",
+            "intra-op threads per replica, as the backend reports",
+            worker.threads_per_replica,
+        )
+        yield _gauge(
+            "embedloom_thread_budget", "compute threads allowed in all", self._engine.sharing.budget
+        )
+        yield _gauge(
+            "embedloom_busy_inference_threads", "inference threads running a batch", worker.busy
+        )
         requests = CounterMetricFamily(
             "embedloom_engine_requests", "engine requests by outcome", labels=("outcome",)
         )

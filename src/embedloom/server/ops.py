@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from embedloom._version import __version__
+from embedloom.engine import Engine
 from embedloom.errors import Unavailable
 from embedloom.server.state import server_state
 
@@ -42,7 +43,7 @@ async def info(request: Request) -> dict[str, Any]:
         "max_client_batch_size": state.settings.max_client_batch_size,
         "max_queued_inputs": state.settings.max_queued_inputs,
         "auto_truncate": state.settings.auto_truncate,
-        "sharing": state.engine.statistics().worker.strategy,
+        **_sharing(state.engine),
         "version": __version__,
     }
 
@@ -50,3 +51,14 @@ async def info(request: Request) -> dict[str, Any]:
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
     return Response(server_state(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _sharing(engine: Engine) -> dict[str, Any]:
+    worker = engine.statistics().worker
+    return {
+        "sharing": worker.strategy,
+        "replicas": worker.replicas,
+        "inference_threads": worker.inference_threads,
+        "threads_per_replica": worker.threads_per_replica,
+        "thread_budget": engine.sharing.budget,
+    }

@@ -1,0 +1,336 @@
+"""``embedloom doctor``: the concurrency picture of this machine and configuration.
+
+``probe_machine`` reads the machine (cores, CPU features, GPUs, runtimes, the
+threads alive in this process); ``diagnose`` is pure: settings + environment +
+probe in, findings out, so every check is unit-tested with made-up machines.
+An ``error`` finding makes the command exit non-zero, to gate a deployment.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from embedloom._version import __version__
+from embedloom.config import Settings, SettingsError
+from embedloom.sharing import SharingPlan, plan_sharing
+from embedloom.threads import CoreCount, usable_cores
+
+__all__ = [
+    "Finding",
+    "MachineProbe",
+    "Report",
+    "diagnose",
+    "probe_machine",
+    "render",
+    "run_doctor",
+]
+
+# Variables that size thread pools of libraries that may live in this process.
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "RAYON_NUM_THREADS",
+)
+OTHER_VARIABLES = (
+    "TOKENIZERS_PARALLELISM",
+    "OMP_WAIT_POLICY",
+    "KMP_AFFINITY",
+    "GOMP_CPU_AFFINITY",
+    "CUDA_VISIBLE_DEVICES",
+)
+_CPU_FEATURES = (
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
+# Offload threads tokenise requests (see embedloom.offload): brief work per request.
+_TOKENIZING_THREADS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    level: Literal["error", "warning", "info"]
+    message: str
+    fix: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MachineProbe:
+    cores: CoreCount
+    cpu_model: str
+    cpu_features: frozenset[str]
+    gpus: tuple[str, ...]
+    torch: str | None  # version
+    torch_threads: tuple[int, int] | None  # intra-op, inter-op, as this process has them
+    torch_parallel_backend: str | None
+    onnxruntime: str | None
+    tokenizers: str | None
+    live_threads: tuple[str, ...]  # OS threads of this process, by name
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    machine: MachineProbe
+    settings: Settings
+    environment: dict[str, str | None]
+    plan: SharingPlan | None
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return any(f.level == "error" for f in self.findings)
+
+
+def diagnose(settings: Settings, environ: Mapping[str, str], machine: MachineProbe) -> Report:
+    environment = {name: environ.get(name) for name in (*THREAD_VARIABLES, *OTHER_VARIABLES)}
+    findings: list[Finding] = []
+    plan: SharingPlan | None
+    try:
+        plan = plan_sharing(settings, cores=machine.cores.usable, gpus=len(machine.gpus))
+    except SettingsError as exc:
+        plan = None
+        findings.append(Finding("error", str(exc), "change the flags named above"))
+    if plan is not None:
+        findings += _budget_findings(plan, machine)
+        findings += _environment_findings(plan, environment)
+    findings += _fork_findings(machine)
+    if {"amx_bf16", "avx512_bf16"} & machine.cpu_features:
+        findings.append(
+            Finding("info", "this CPU has bf16 matrix units (AVX512-BF16/AMX): fast on bf16")
+        )
+    return Report(machine, settings, environment, plan, findings)
+
+
+def _budget_findings(plan: SharingPlan, machine: MachineProbe) -> list[Finding]:
+    findings = []
+    usable = machine.cores.usable
+    if plan.compute_threads > usable:
+        findings.append(
+            Finding(
+                "error",
+                f"oversubscribed: {plan.compute_threads} compute threads "
+                f"({plan.replicas if plan.strategy != 'locked' else 1} running model(s) × "
+                f"{plan.threads_per_replica}) on {usable} usable cores; threads will wait "
+                "on each other's cores and throughput falls",
+                f"use --threads {usable} (or less), or leave --threads at 0",
+            )
+        )
+    idle = plan.budget - plan.compute_threads
+    if plan.strategy == "replicas" and idle > 0:
+        findings.append(
+            Finding(
+                "warning",
+                f"{idle} thread(s) of the budget of {plan.budget} go unused: {plan.replicas} "
+                f"replicas × {plan.threads_per_replica} threads",
+                "pick --replicas that divides --threads",
+            )
+        )
+    if machine.gpus and plan.strategy != "dedicated":
+        findings.append(
+            Finding(
+                "warning",
+                f"{plan.strategy} on a GPU: its inference threads contend for one device",
+                "use --sharing dedicated (what auto picks on a GPU)",
+            )
+        )
+    return findings
+
+
+def _environment_findings(
+    plan: SharingPlan, environment: Mapping[str, str | None]
+) -> list[Finding]:
+    findings = []
+    for name in THREAD_VARIABLES:
+        raw = environment.get(name)
+        if raw is None:
+            continue
+        try:
+            value = int(raw)
+        except ValueError:
+            findings.append(Finding("warning", f"{name}={raw!r} is not a number", f"unset {name}"))
+            continue
+        if value > plan.threads_per_replica:
+            findings.append(
+                Finding(
+                    "warning",
+                    f"{name}={value} contradicts the plan of {plan.threads_per_replica} "
+                    "thread(s) per replica: embedloom sizes torch's pool itself, but any other "
+                    f"library in the process that reads {name} will start more threads",
+                    f"unset {name}, or set it to {plan.threads_per_replica}",
+                )
+            )
+    if (environment.get("TOKENIZERS_PARALLELISM") or "").lower() in {"1", "true", "yes", "on"}:
+        findings.append(
+            Finding(
+                "warning",
+                "TOKENIZERS_PARALLELISM is on: any code calling the tokenizers library's "
+                "batch functions starts a thread pool outside the budget, and that pool "
+                "does not survive a fork (embedloom itself tokenises without it)",
+                "unset TOKENIZERS_PARALLELISM or set it to false",
+            )
+        )
+    return findings
+
+
+def _fork_findings(machine: MachineProbe) -> list[Finding]:
+    others = len(machine.live_threads) - 1
+    if others <= 0:
+        return [Finding("info", "one thread alive in this process: safe to fork")]
+    # Importing numpy starts OpenBLAS's pool, so any process that has loaded a model
+    # has native threads; a forked child gets none of them (only the forking thread).
+    return [
+        Finding(
+            "info",
+            f"{others} native thread(s) besides the main one are alive in this process after "
+            "importing numpy and torch (OpenBLAS starts its pool at import); a process forked "
+            "after a model has loaded inherits locks held by such pools but not the threads",
+            "start worker processes with 'spawn' or 'forkserver', or fork before loading",
+        )
+    ]
+
+
+def probe_machine() -> MachineProbe:
+    """Read this machine and process. Imports torch, but starts none of its pools."""
+    cpu_model, features = _cpu_info()
+    try:
+        import torch
+
+        torch_version: str | None = torch.__version__
+        threads: tuple[int, int] | None = (torch.get_num_threads(), torch.get_num_interop_threads())
+        info = torch.__config__.parallel_info()
+        backend = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in info.splitlines()
+                if "parallel backend" in line
+            ),
+            None,
+        )
+        gpus = (
+            tuple(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+            if torch.cuda.is_available()
+            else ()
+        )
+    except ImportError:
+        torch_version, threads, backend, gpus = None, None, None, ()
+    return MachineProbe(
+        cores=usable_cores(),
+        cpu_model=cpu_model,
+        cpu_features=features,
+        gpus=gpus,
+        torch=torch_version,
+        torch_threads=threads,
+        torch_parallel_backend=backend,
+        onnxruntime=_version_of("onnxruntime"),
+        tokenizers=_version_of("tokenizers"),
+        live_threads=_live_threads(),
+    )
+
+
+def _cpu_info() -> tuple[str, frozenset[str]]:
+    model, flags = "unknown", frozenset[str]()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return model, flags
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model == "unknown":
+            model = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = frozenset(value.split())
+    return model, flags
+
+
+def _version_of(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _live_threads() -> tuple[str, ...]:
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        return ("main",)
+    names = []
+    for task in sorted(tasks.iterdir(), key=lambda p: int(p.name)):
+        try:
+            names.append((task / "comm").read_text().strip())
+        except OSError:
+            continue  # the thread ended while we looked
+    return tuple(names) or ("main",)
+
+
+def render(report: Report) -> str:
+    machine, plan = report.machine, report.plan
+    features = " ".join(f for f in _CPU_FEATURES if f in machine.cpu_features) or "none of note"
+    lines = [
+        f"embedloom doctor {__version__}",
+        "",
+        "Machine",
+        f"  cores         {machine.cores.describe()}",
+        f"  CPU           {machine.cpu_model}; {features}",
+        f"  GPUs          {', '.join(machine.gpus) or 'none'}",
+        "",
+        "Runtimes",
+    ]
+    if machine.torch is None:
+        lines.append("  torch         not installed")
+    else:
+        intra, inter = machine.torch_threads or (0, 0)
+        lines.append(
+            f"  torch         {machine.torch}, {machine.torch_parallel_backend} backend; this "
+            f"process: {intra} intra-op, {inter} inter-op threads (defaults until a model loads)"
+        )
+    lines += [
+        f"  onnxruntime   {machine.onnxruntime or 'not installed'}",
+        f"  tokenizers    {machine.tokenizers or 'not installed'}",
+        "",
+        "Environment",
+    ]
+    for name, value in report.environment.items():
+        lines.append(f"  {name:<24}{'(not set)' if value is None else value}")
+    lines += [
+        "",
+        f"Plan (--sharing {report.settings.sharing}, --threads {report.settings.threads})",
+    ]
+    if plan is None:
+        lines.append("  none: the configuration is invalid (see below)")
+    else:
+        lines += [
+            f"  strategy      {plan.strategy}: {plan.reason}",
+            f"  models        {plan.replicas} instance(s), {plan.inference_threads} "
+            "inference thread(s)",
+            f"  threads       {plan.threads_per_replica} intra-op each, at most "
+            f"{plan.compute_threads} computing at once, budget {plan.budget}",
+            f"  tokenizing    up to {_TOKENIZING_THREADS} offload threads, one request each, "
+            "no tokenizers thread pool",
+        ]
+    lines += ["", "Findings"]
+    for finding in sorted(
+        report.findings, key=lambda f: ("error", "warning", "info").index(f.level)
+    ):
+        lines.append(f"  {finding.level.upper():<8}{finding.message}")
+        if finding.fix:
+            lines.append(f"  {'':<8}fix: {finding.fix}")
+    if not report.failed:
+        lines.append("  no errors")
+    return "\n".join(lines) + "\n"
+
+
+def run_doctor(settings: Settings, environ: Mapping[str, str]) -> tuple[str, bool]:
+    """The text of the report and whether it found an error."""
+    report = diagnose(settings, environ, probe_machine())
+    return render(report), report.failed

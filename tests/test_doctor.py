@@ -1,0 +1,95 @@
+"""``embedloom doctor``: checks on made-up machines, and the real command's exit code."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from embedloom.config import Settings
+from embedloom.doctor import MachineProbe, diagnose, render
+from embedloom.threads import CoreCount
+
+
+def machine(cores: int = 2, gpus: tuple[str, ...] = (), threads: int = 1) -> MachineProbe:
+    return MachineProbe(
+        cores=CoreCount(machine=cores, affinity=cores, cgroup_quota=None, usable=cores),
+        cpu_model="Test CPU",
+        cpu_features=frozenset({"avx2", "avx512f", "amx_bf16"}),
+        gpus=gpus,
+        torch="2.13.0",
+        torch_threads=(cores, cores),
+        torch_parallel_backend="OpenMP",
+        onnxruntime=None,
+        tokenizers="0.23",
+        live_threads=tuple(f"t{i}" for i in range(threads)),
+    )
+
+
+def levels(report: object) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {"error": [], "warning": [], "info": []}
+    for finding in report.findings:  # type: ignore[attr-defined]
+        out[finding.level].append(finding.message)
+    return out
+
+
+def test_a_sound_configuration_has_no_errors_or_warnings() -> None:
+    report = diagnose(Settings(), {}, machine())
+    assert not report.failed
+    assert levels(report)["warning"] == []
+    text = render(report)
+    assert "strategy      replicas" in text
+    assert "no errors" in text
+
+
+def test_oversubscription_is_an_error_with_the_fix() -> None:
+    report = diagnose(Settings(threads=8), {}, machine(cores=2))
+    assert report.failed
+    (error,) = levels(report)["error"]
+    assert "oversubscribed: 8 compute threads" in error
+    assert "fix: use --threads 2" in render(report)
+
+
+def test_impossible_split_is_an_error() -> None:
+    report = diagnose(Settings(sharing="replicas", replicas=3, threads=2), {}, machine(cores=4))
+    assert report.failed
+    assert "3 replicas need at least 3 compute threads" in levels(report)["error"][0]
+    assert "none: the configuration is invalid" in render(report)
+
+
+def test_contradicting_environment_is_a_warning() -> None:
+    environ = {"OMP_NUM_THREADS": "8", "TOKENIZERS_PARALLELISM": "true", "MKL_NUM_THREADS": "x"}
+    warnings = levels(diagnose(Settings(), environ, machine()))["warning"]
+    assert any("OMP_NUM_THREADS=8 contradicts" in w for w in warnings)
+    assert any("TOKENIZERS_PARALLELISM is on" in w for w in warnings)
+    assert any("MKL_NUM_THREADS='x' is not a number" in w for w in warnings)
+
+
+def test_gpu_with_replicas_is_a_warning_and_auto_picks_dedicated() -> None:
+    gpu = machine(cores=8, gpus=("Test GPU",))
+    assert diagnose(Settings(), {}, gpu).plan.strategy == "dedicated"  # type: ignore[union-attr]
+    warnings = levels(diagnose(Settings(sharing="replicas"), {}, gpu))["warning"]
+    assert any("contend for one device" in w for w in warnings)
+
+
+def test_unused_budget_and_live_threads_are_reported() -> None:
+    report = diagnose(
+        Settings(sharing="replicas", replicas=2, threads=5), {}, machine(8, threads=3)
+    )
+    found = levels(report)
+    assert any("1 thread(s) of the budget of 5 go unused" in w for w in found["warning"])
+    assert any("2 native thread(s) besides the main one" in i for i in found["info"])
+    assert any("bf16 matrix units" in i for i in found["info"])
+
+
+def test_the_command_exits_nonzero_on_an_oversubscribed_configuration() -> None:
+    embedloom = str(Path(sys.executable).with_name("embedloom"))
+    result = subprocess.run(
+        [embedloom, "doctor", "--threads", "4096"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1
+    assert "ERROR" in result.stdout
+    assert "oversubscribed" in result.stdout
+    sound = subprocess.run([embedloom, "doctor"], capture_output=True, text=True, timeout=120)
+    assert sound.returncode == 0, sound.stdout
+    assert "usable" in sound.stdout

@@ -123,12 +123,18 @@ def plan_sharing(settings: Settings, *, cores: int, gpus: int) -> SharingPlan:
         strategy = "dedicated"
         reason = "one core: nothing to split between replicas"
     else:
-        # benchmarks/results/sharing.md: on CPU, K replicas of budget ÷ K threads beat
-        # one model with the whole budget at every concurrency measured, because the
-        # per-operator cost of a small model (Python dispatch, OpenMP fork/join) is
-        # paid in parallel instead of in series.
+        # benchmarks/results/sharing.md (2 cores): two replicas of one thread beat one
+        # model with both threads in 7 of 9 cells, by 1.2-1.5x with 8 or 32 callers
+        # and with 64-sentence requests (split into batches that run side by side),
+        # because a small model's per-operator cost (Python dispatch, OpenMP
+        # fork/join) is paid in parallel instead of in series. dedicated wins only
+        # with one caller sending 1 or 8 sentences, where a replica sits idle; a
+        # server exists for concurrent callers, so auto takes replicas.
         strategy = "replicas"
-        reason = "CPU: replicas of budget ÷ K threads measured fastest (benchmarks/)"
+        reason = (
+            "CPU: replicas of budget ÷ K threads measured fastest with concurrent "
+            "callers (benchmarks/results/sharing.md)"
+        )
     if settings.replicas and strategy != "replicas":
         raise SettingsError(f"--replicas applies to --sharing replicas, not {strategy}")
     if strategy == "dedicated":

@@ -40,3 +40,17 @@ def test_importing_embedloom_does_not_load_torch() -> None:
     code = "import sys, embedloom; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_cli_and_the_worker_launcher_load_no_library_that_reads_env_at_import() -> None:
+    # The pre-forking master sets OPENBLAS_NUM_THREADS and PROMETHEUS_MULTIPROC_DIR
+    # before these are imported; importing them earlier would make that too late.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, embedloom.cli, embedloom.server.workers; "
+        "print(sorted(m for m in ('numpy', 'torch', 'prometheus_client') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

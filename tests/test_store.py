@@ -1,4 +1,4 @@
-"""Model references resolve to local directories, offline."""
+"""Model references resolve to local directories, offline (the hub: test_model_store)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from embedloom.errors import ModelNotFound
-from embedloom.store import DEFAULT_MODEL_ID, resolve_model
+from embedloom.store import DEFAULT_MODEL_ID, ModelStore, resolve_model
 
 
 @pytest.mark.parametrize("name", ["all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"])
@@ -38,13 +38,16 @@ def test_repo_id_from_the_local_hugging_face_cache(tmp_path: Path, model_dir: Pa
 
 
 def test_unknown_model_names_every_place_looked(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "home", offline=True)
     with pytest.raises(ModelNotFound) as missing:
-        resolve_model("acme/absent", hf_cache_dir=tmp_path)
+        resolve_model("acme/absent", store=store, hf_cache_dir=tmp_path)
     message = str(missing.value)
     assert "acme/absent" in message
     assert "packaged models" in message
     assert "local directory" in message
+    assert f"model store {tmp_path / 'home' / 'models'}" in message
     assert "Hugging Face cache" in message
+    assert "offline" in message
 
 
 def test_directory_without_a_model_is_not_a_model(tmp_path: Path) -> None:

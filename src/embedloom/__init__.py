@@ -5,23 +5,60 @@ The library face: ``Embedder`` for scripts, ``Engine`` for async services,
 ``EmbedloomError``.
 """
 
+# Names resolve on first use, so ``import embedloom`` (and the CLI) loads
+# neither numpy nor torch: a pre-forking server sets the thread variables those
+# libraries read at import before anything imports them.
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from embedloom._lazy import lazy_exports
 from embedloom._version import __version__
-from embedloom.backends.base import Backend, TokenizedInput
-from embedloom.config import Settings, SettingsError
-from embedloom.embedder import Embedder
-from embedloom.engine import Embeddings, Engine, EngineState, EngineStatistics, ModelInfo
-from embedloom.errors import (
-    BackendError,
-    EmbedloomError,
-    InputTooLong,
-    InvalidInput,
-    ModelNotFound,
-    Overloaded,
-    TooManyInputs,
-    Unavailable,
-)
-from embedloom.offload import run_in_thread
-from embedloom.scope import RequestScope, current_scope, request_scope
+
+if TYPE_CHECKING:
+    from embedloom.backends.base import Backend, TokenizedInput
+    from embedloom.config import Settings, SettingsError
+    from embedloom.embedder import Embedder
+    from embedloom.engine import Embeddings, Engine, EngineState, EngineStatistics, ModelInfo
+    from embedloom.errors import (
+        BackendError,
+        EmbedloomError,
+        InputTooLong,
+        InvalidInput,
+        ModelFetchFailed,
+        ModelNotFound,
+        Overloaded,
+        TooManyInputs,
+        Unavailable,
+    )
+    from embedloom.offload import run_in_thread
+    from embedloom.scope import RequestScope, current_scope, request_scope
+
+_EXPORTS = {
+    "Backend": "embedloom.backends.base",
+    "BackendError": "embedloom.errors",
+    "Embedder": "embedloom.embedder",
+    "Embeddings": "embedloom.engine",
+    "EmbedloomError": "embedloom.errors",
+    "Engine": "embedloom.engine",
+    "EngineState": "embedloom.engine",
+    "EngineStatistics": "embedloom.engine",
+    "InputTooLong": "embedloom.errors",
+    "InvalidInput": "embedloom.errors",
+    "ModelFetchFailed": "embedloom.errors",
+    "ModelInfo": "embedloom.engine",
+    "ModelNotFound": "embedloom.errors",
+    "Overloaded": "embedloom.errors",
+    "RequestScope": "embedloom.scope",
+    "Settings": "embedloom.config",
+    "SettingsError": "embedloom.config",
+    "TokenizedInput": "embedloom.backends.base",
+    "TooManyInputs": "embedloom.errors",
+    "Unavailable": "embedloom.errors",
+    "current_scope": "embedloom.scope",
+    "request_scope": "embedloom.scope",
+    "run_in_thread": "embedloom.offload",
+}
 
 __all__ = [
     "Backend",
@@ -34,6 +71,7 @@ __all__ = [
     "EngineStatistics",
     "InputTooLong",
     "InvalidInput",
+    "ModelFetchFailed",
     "ModelInfo",
     "ModelNotFound",
     "Overloaded",
@@ -48,3 +86,10 @@ __all__ = [
     "request_scope",
     "run_in_thread",
 ]
+
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

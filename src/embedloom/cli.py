@@ -35,7 +35,27 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (serve, doctor):
         for spec in setting_specs():
             _add_setting(command, spec)
+    pull = commands.add_parser(
+        "pull",
+        help="fetch a Hugging Face model into the store ahead of time",
+        description="Fetch MODEL (org/name[@revision]) into the model store, asking the hub "
+        "where the revision points now. For images and air-gapped machines.",
+    )
+    pull.add_argument("reference", metavar="MODEL", help="org/name or org/name@revision")
+    models = commands.add_parser(
+        "models",
+        help="list the models in the store with their sizes",
+        description="List every model snapshot in the store, with its revisions and size.",
+    )
+    store_specs = [spec for spec in setting_specs() if spec.name in _STORE_SETTINGS]
+    for command in (pull, models):
+        for spec in store_specs:
+            _add_setting(command, spec)
     return parser
+
+
+# The settings the store commands take; the rest are the server's.
+_STORE_SETTINGS = ("home", "log_level")
 
 
 def _add_setting(parser: argparse.ArgumentParser, spec: SettingSpec) -> None:
@@ -73,13 +93,17 @@ def _parser_for(spec: SettingSpec) -> Callable[[str], object]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    flags = {spec.name: getattr(args, spec.name) for spec in setting_specs()}
+    flags = {spec.name: getattr(args, spec.name, None) for spec in setting_specs()}
     try:
         settings = Settings.from_env(os.environ, **flags)
     except SettingsError as exc:
         parser.error(str(exc))
     if args.command == "doctor":
         return _doctor(settings)
+    if args.command == "pull":
+        return _pull(settings, args.reference)
+    if args.command == "models":
+        return _models(settings)
     return _serve(settings)
 
 
@@ -91,15 +115,54 @@ def _doctor(settings: Settings) -> int:
     return 1 if failed else 0
 
 
+def _pull(settings: Settings, reference: str) -> int:
+    from embedloom.log import configure_logging
+    from embedloom.store import ModelStore
+
+    configure_logging(settings.log_level, settings.log_format)
+    repo_id, _, revision = reference.strip().partition("@")
+    store = ModelStore.for_settings(settings)
+    try:
+        path = store.fetch(repo_id, revision or None, refresh=True)
+    except EmbedloomError as exc:
+        print(f"embedloom: {exc.message}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+def _models(settings: Settings) -> int:
+    from embedloom.store import ModelStore
+
+    store = ModelStore.for_settings(settings)
+    stored = store.list()
+    if not stored:
+        print(f"no models in {store.models}")
+        return 0
+    print(f"{'MODEL':<40} {'REVISIONS':<16} {'COMMIT':<12} {'SIZE':>10}  PATH")
+    for model in stored:
+        print(
+            f"{model.repo_id:<40} {','.join(model.revisions) or '-':<16} "
+            f"{model.commit[:12]:<12} {model.size_bytes / 1e6:>8.1f}MB  {model.path}"
+        )
+    return 0
+
+
 def _serve(settings: Settings) -> int:
     from embedloom.log import configure_logging
-    from embedloom.server import serve
 
     configure_logging(settings.log_level, settings.log_format)
     try:
-        serve(settings)
-    except EmbedloomError as exc:
-        print(f"embedloom: {exc.message}", file=sys.stderr)
+        if settings.workers > 1 or settings.preload:
+            from embedloom.server.workers import serve_workers
+
+            serve_workers(settings)
+        else:
+            from embedloom.server import serve
+
+            serve(settings)
+    except (EmbedloomError, SettingsError) as exc:
+        print(f"embedloom: {exc}", file=sys.stderr)
         return 2
     return 0
 

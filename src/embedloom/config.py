@@ -40,7 +40,31 @@ class Settings:
         default=DEFAULT_MODEL,
         metadata={
             "help": "the packaged default, a local sentence-transformers directory, "
-            "or a Hugging Face id already in the local cache (id@revision allowed)"
+            "or a Hugging Face repo id (org/name[@revision]), fetched once into the store"
+        },
+    )
+    home: str = dataclasses.field(
+        default="",
+        metadata={"help": "where the model store lives (empty: ~/.cache/embedloom)"},
+    )
+    offline: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "never contact the Hugging Face hub: only the store and local paths "
+            "(also on when HF_HUB_OFFLINE=1)"
+        },
+    )
+    workers: int = dataclasses.field(
+        default=1,
+        metadata={
+            "help": "worker processes, under gunicorn; the thread budget is divided between them"
+        },
+    )
+    preload: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "with --workers: load the model once in the master before forking, "
+            "so workers share its weights copy-on-write"
         },
     )
     max_batch_tokens: int = dataclasses.field(
@@ -112,6 +136,8 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.workers < 1:
+            raise SettingsError(f"workers must be at least 1, got {self.workers}")
         if self.replicas < 0 or self.threads < 0:
             raise SettingsError("replicas and threads must not be negative (0 means automatic)")
         if self.batch_overhead_tokens < 0:
@@ -133,11 +159,18 @@ class Settings:
             raw = environ.get(spec.env_var)
             if raw is not None:
                 values[spec.name] = spec.parse(raw)
+        if "offline" not in values and _is_true(environ.get("HF_HUB_OFFLINE", "")):
+            # The hub library's own switch means the same thing here.
+            values["offline"] = True
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+def _is_true(raw: str) -> bool:
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +196,7 @@ class SettingSpec:
         text = raw.strip()
         if self.kind is bool:
             lowered = text.lower()
-            if lowered in {"1", "true", "yes", "on"}:
+            if _is_true(lowered):
                 return True
             if lowered in {"0", "false", "no", "off"}:
                 return False

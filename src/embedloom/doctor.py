@@ -16,7 +16,7 @@ from typing import Literal
 
 from embedloom._version import __version__
 from embedloom.config import Settings, SettingsError
-from embedloom.sharing import SharingPlan, plan_sharing
+from embedloom.sharing import SharingPlan, plan_sharing, worker_budget
 from embedloom.threads import CoreCount, usable_cores
 
 __all__ = [
@@ -97,12 +97,17 @@ def diagnose(settings: Settings, environ: Mapping[str, str], machine: MachinePro
     findings: list[Finding] = []
     plan: SharingPlan | None
     try:
-        plan = plan_sharing(settings, cores=machine.cores.usable, gpus=len(machine.gpus))
+        per_worker = worker_budget(settings, cores=machine.cores.usable)
+        plan = plan_sharing(
+            settings.replace(threads=per_worker),
+            cores=machine.cores.usable,
+            gpus=len(machine.gpus),
+        )
     except SettingsError as exc:
         plan = None
         findings.append(Finding("error", str(exc), "change the flags named above"))
     if plan is not None:
-        findings += _budget_findings(plan, machine)
+        findings += _budget_findings(plan, machine, workers=settings.workers)
         findings += _environment_findings(plan, environment)
     findings += _fork_findings(machine)
     if {"amx_bf16", "avx512_bf16"} & machine.cpu_features:
@@ -112,15 +117,16 @@ def diagnose(settings: Settings, environ: Mapping[str, str], machine: MachinePro
     return Report(machine, settings, environment, plan, findings)
 
 
-def _budget_findings(plan: SharingPlan, machine: MachineProbe) -> list[Finding]:
+def _budget_findings(plan: SharingPlan, machine: MachineProbe, *, workers: int) -> list[Finding]:
     findings = []
     usable = machine.cores.usable
-    if plan.compute_threads > usable:
+    compute_threads = workers * plan.compute_threads
+    if compute_threads > usable:
         findings.append(
             Finding(
                 "error",
-                f"oversubscribed: {plan.compute_threads} compute threads "
-                f"({plan.replicas if plan.strategy != 'locked' else 1} running model(s) × "
+                f"oversubscribed: {compute_threads} compute threads ({workers} worker(s) × "
+                f"{plan.replicas if plan.strategy != 'locked' else 1} running model(s) × "
                 f"{plan.threads_per_replica}) on {usable} usable cores; threads will wait "
                 "on each other's cores and throughput falls",
                 f"use --threads {usable} (or less), or leave --threads at 0",
@@ -310,6 +316,7 @@ def render(report: Report) -> str:
         lines.append("  none: the configuration is invalid (see below)")
     else:
         lines += [
+            f"  workers       {report.settings.workers} process(es), budget {plan.budget} each",
             f"  strategy      {plan.strategy}: {plan.reason}",
             f"  models        {plan.replicas} instance(s), {plan.inference_threads} "
             "inference thread(s)",

@@ -285,14 +285,24 @@ class Engine:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, clock: Callable[[], float] = time.monotonic
+        cls,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        preload: bool = False,
     ) -> Engine:
         """An engine on ``settings.model`` with the torch backend, shared as
-        ``settings.sharing`` says within the thread budget."""
-        from embedloom.store import resolve_model
+        ``settings.sharing`` says within the thread budget.
 
-        model = resolve_model(settings.model)  # before importing torch: fail fast
-        from embedloom.backends.torch import TorchBackend, cuda_device_count
+        With ``preload`` the weights are read now, in the calling thread, and every
+        replica adopts them: the master of a pre-forking server loads once and its
+        workers share the pages copy-on-write. Nothing runs on them here.
+        """
+        from embedloom.store import ModelStore, resolve_model
+
+        # Before importing torch: a missing model fails fast.
+        model = resolve_model(settings.model, store=ModelStore.for_settings(settings))
+        from embedloom.backends.torch import PreloadedModel, TorchBackend, cuda_device_count
 
         plan = plan_sharing(settings, cores=usable_cores().usable, gpus=cuda_device_count())
         logger.info(
@@ -305,8 +315,9 @@ class Engine:
             plan.budget,
             plan.reason,
         )
+        preloaded = PreloadedModel.load(model.path) if preload else None
         return cls(
-            lambda: TorchBackend(model.path, threads=plan.threads_per_replica),
+            lambda: TorchBackend(model.path, threads=plan.threads_per_replica, preloaded=preloaded),
             settings=settings,
             model_id=model.id,
             model_names=model.names,

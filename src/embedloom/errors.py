@@ -23,6 +23,7 @@ __all__ = [
     "EmbedloomError",
     "InputTooLong",
     "InvalidInput",
+    "ModelFetchFailed",
     "ModelNotFound",
     "Overloaded",
     "TooManyInputs",
@@ -81,6 +82,17 @@ class ModelNotFound(EmbedloomError):
         super().__init__(message or f"model {reference!r} not found (looked in: {where})")
         self.reference = reference
         self.searched = searched
+
+
+class ModelFetchFailed(EmbedloomError):
+    """The hub could not be reached or sent something other than what it listed."""
+
+    def __init__(self, repo_id: str, endpoint: str, reason: str) -> None:
+        super().__init__(
+            f"could not fetch {repo_id!r} from {endpoint}: {reason} "
+            "(nothing was stored; the next start tries again)"
+        )
+        self.repo_id = repo_id
 
 
 class Overloaded(EmbedloomError):

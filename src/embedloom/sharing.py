@@ -56,6 +56,7 @@ __all__ = [
     "WorkerStatistics",
     "build_worker",
     "plan_sharing",
+    "worker_budget",
 ]
 
 logger = logging.getLogger(__name__)
@@ -148,6 +149,21 @@ def plan_sharing(settings: Settings, *, cores: int, gpus: int) -> SharingPlan:
             f"thread budget of {budget}; lower --replicas or raise --threads"
         )
     return SharingPlan(strategy, replicas, replicas, budget // replicas, budget, reason)
+
+
+def worker_budget(settings: Settings, *, cores: int) -> int:
+    """Each worker process's share of the thread budget (``--workers``).
+
+    Whole threads only: workers that would each get less than one are refused
+    rather than left to oversubscribe the cores.
+    """
+    budget = settings.threads or cores
+    if settings.workers > budget:
+        raise SettingsError(
+            f"{settings.workers} worker processes on a thread budget of {budget} would run "
+            f"more compute threads than cores; use --workers {budget} or fewer"
+        )
+    return budget // settings.workers
 
 
 @dataclass(frozen=True, slots=True)

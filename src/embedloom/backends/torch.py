@@ -11,6 +11,7 @@ is left to the engine so a caller can ask for raw vectors (TEI's
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,22 +34,24 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, model_dir: Path, *, device: str | None = None, threads: int = 0) -> None:
-        """Load the model. ``threads`` > 0 sizes torch's intra-op pool of the calling
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        device: str | None = None,
+        threads: int = 0,
+        preloaded: PreloadedModel | None = None,
+    ) -> None:
+        """Load the model, or adopt ``preloaded`` (loaded before a fork, shared
+        copy-on-write). ``threads`` > 0 sizes torch's intra-op pool of the calling
         thread (the inference thread that will own this backend): see ``sharing``."""
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as transformers_logging
-
         if threads > 0:
             torch.set_num_threads(threads)
         _single_interop_thread()
-        self._device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        # A progress bar per model load is noise in a server's logs.
-        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-        try:
-            model = SentenceTransformer(str(model_dir), device=self._device, local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise BackendError(f"could not load the model at {model_dir}: {exc}") from exc
+        if preloaded is None:
+            preloaded = PreloadedModel.load(model_dir, device=device)
+        model = preloaded.model
+        self._device = preloaded.device
         model.eval()
         self._model = model
         modules = list(model.children())
@@ -78,15 +81,6 @@ class TorchBackend:
         pad_id = hf_tokenizer.pad_token_id
         self._pad_id = int(pad_id) if pad_id is not None else 0
         self._pad_left = getattr(hf_tokenizer, "padding_side", "right") == "left"
-        logger.info(
-            "loaded model",
-            extra={
-                "model_dir": str(model_dir),
-                "device": self._device,
-                "dimensions": self._dimensions,
-                "max_input_tokens": self._max_tokens,
-            },
-        )
 
     @property
     def max_input_tokens(self) -> int:
@@ -154,6 +148,46 @@ class TorchBackend:
             f"<TorchBackend device={self._device} dims={self._dimensions} "
             f"max_tokens={self._max_tokens} normalizes={self._normalizes}>"
         )
+
+
+class PreloadedModel:
+    """A sentence-transformers model loaded from disk, not yet owned by a thread.
+
+    Loading runs no parallel region: torch's intra-op pool is kept at one thread
+    while the weights are read, so a process that loads and then forks (gunicorn
+    ``--preload``) hands its children no OpenMP state to trip on. Inference is
+    read-only, so the backends of several replicas may share one of these.
+    """
+
+    def __init__(self, model: Any, device: str) -> None:
+        self.model = model
+        self.device = device
+
+    @classmethod
+    def load(cls, model_dir: Path, *, device: str | None = None) -> PreloadedModel:
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        # A progress bar per model load is noise in a server's logs.
+        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        started = time.perf_counter()
+        try:
+            model = SentenceTransformer(str(model_dir), device=device, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise BackendError(f"could not load the model at {model_dir}: {exc}") from exc
+        finally:
+            torch.set_num_threads(threads)
+        model.eval()
+        logger.info(
+            "loaded model from %s in %.2f s",
+            model_dir,
+            time.perf_counter() - started,
+            extra={"model_dir": str(model_dir), "device": device},
+        )
+        return cls(model, device)
 
 
 def cuda_device_count() -> int:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,16 +25,21 @@ from embedloom.server.state import ClientDisconnected, ServerState
 
 __all__ = ["create_app"]
 
+logger = logging.getLogger(__name__)
+
 # nginx's code for "client closed request": never seen by the client, but it
 # keeps abandoned requests apart from served ones in logs and metrics.
 _CLIENT_CLOSED_REQUEST = 499
 
 
-def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, engine: Engine | None = None, *, metrics_dir: Path | None = None
+) -> FastAPI:
     """The app serving ``engine`` (built from ``settings`` if not given).
 
     The app starts the engine on startup if it is not running yet, and drains
-    and closes it on shutdown.
+    and closes it on shutdown. ``metrics_dir``: one of several worker processes
+    sharing ``prometheus_client``'s multiprocess directory.
     """
     engine = engine or Engine.from_settings(settings)
 
@@ -39,8 +47,12 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if engine.state is EngineState.CREATED:
             await engine.start()
+        # Under --workers, one line per worker: how a supervisor (or a test) sees
+        # every worker ready, not just the socket bound.
+        logger.info("engine running in process %d", os.getpid(), extra={"pid": os.getpid()})
         try:
-            yield
+            async with metrics.mirroring():
+                yield
         finally:
             await engine.close(grace=settings.graceful_shutdown_seconds)
 
@@ -50,7 +62,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         summary="Sentence embeddings over HTTP: OpenAI- and TEI-compatible.",
         lifespan=lifespan,
     )
-    metrics = ServerMetrics(engine)
+    metrics = ServerMetrics(engine, multiprocess_dir=metrics_dir)
     app.state.embedloom = ServerState(engine=engine, settings=settings, metrics=metrics)
     app.include_router(openai.router)
     app.include_router(tei.router)

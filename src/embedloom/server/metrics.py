@@ -1,12 +1,25 @@
-"""Prometheus metrics: HTTP counters kept here, engine figures read from ``statistics()``."""
+"""Prometheus metrics: HTTP counters kept here, engine figures read from ``statistics()``.
+
+One process: the engine's figures are read at scrape time by a collector.
+Several worker processes (``--workers``): ``prometheus_client``'s multiprocess
+mode keeps every value in a file per process, and any worker's ``/metrics``
+sums them all. Engine figures are not ``prometheus_client`` metrics, so each
+worker mirrors its engine's statistics into multiprocess counters and gauges
+(every second, and before it renders); histograms are mirrored as one counter
+per bucket and put back together when rendered.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Iterator
+from pathlib import Path
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
@@ -16,46 +29,95 @@ from prometheus_client.core import (
     GaugeMetricFamily,
     HistogramMetricFamily,
     InfoMetricFamily,
+    Metric,
 )
 from prometheus_client.registry import Collector
 
 from embedloom._version import __version__
-from embedloom.engine import Engine, ModelInfo
+from embedloom.engine import Engine, EngineStatistics, ModelInfo
 from embedloom.stats import HistogramSnapshot
 
 __all__ = ["ServerMetrics"]
 
 _REQUEST_SECONDS_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_MIRROR_SECONDS = 1.0
+_MIRRORED_BUCKET = "_mirror_bucket"
+_MIRRORED_SUM = "_mirror_sum"
+_SAME_IN_EVERY_WORKER = frozenset({"embedloom_threads_per_replica"})
 
 
 class ServerMetrics:
-    """A registry per app, so several servers in one process (tests) never collide."""
+    """A registry per app, so several servers in one process (tests) never collide.
 
-    def __init__(self, engine: Engine) -> None:
+    ``multiprocess_dir``: the directory of ``prometheus_client``'s multiprocess
+    mode (``PROMETHEUS_MULTIPROC_DIR``, set before ``prometheus_client`` was
+    imported); None for a single process.
+    """
+
+    def __init__(self, engine: Engine, *, multiprocess_dir: Path | None = None) -> None:
         # ``*_created`` series double the output and no dashboard reads them.
         disable_created_metrics()  # type: ignore[no-untyped-call]
-        self.registry = CollectorRegistry(auto_describe=True)
+        self._engine = engine
+        self._multiprocess_dir = multiprocess_dir
+        # In multiprocess mode values live in the directory's files, not in a registry.
+        own = None if multiprocess_dir else CollectorRegistry(auto_describe=True)
         self._requests = Counter(
             "embedloom_http_requests",
             "HTTP requests by route, method and status",
             ("route", "method", "status"),
-            registry=self.registry,
+            registry=own,
         )
         self._durations = Histogram(
             "embedloom_http_request_duration_seconds",
             "HTTP request durations, from first byte in to last byte out",
             ("route",),
             buckets=_REQUEST_SECONDS_BOUNDS,
-            registry=self.registry,
+            registry=own,
         )
-        self.registry.register(_EngineCollector(engine))
+        self._mirror: _EngineMirror | None = None
+        if own is not None:
+            own.register(_EngineCollector(engine))
+            self.registry = own
+        else:
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            self._mirror = _EngineMirror()
+            self.registry = CollectorRegistry(auto_describe=False)
+            self.registry.register(
+                _Reassembled(MultiProcessCollector(None, path=str(multiprocess_dir)))  # type: ignore[no-untyped-call]
+            )
+            self.registry.register(_BuildCollector(engine))
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self._requests.labels(route, method, str(status)).inc()
         self._durations.labels(route).observe(seconds)
 
     def render(self) -> bytes:
+        if self._mirror is not None:
+            self._mirror.sync(self._engine)
         return generate_latest(self.registry)
+
+    @contextlib.asynccontextmanager
+    async def mirroring(self) -> AsyncIterator[None]:
+        """While open, keep this worker's engine figures in the shared files."""
+        mirror = self._mirror
+        if mirror is None:
+            yield
+            return
+
+        async def loop() -> None:
+            while True:
+                mirror.sync(self._engine)
+                await asyncio.sleep(_MIRROR_SECONDS)
+
+        task = asyncio.get_running_loop().create_task(loop())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            mirror.sync(self._engine)
 
 
 def _info_or_none(engine: Engine) -> ModelInfo | None:
@@ -66,76 +128,78 @@ def _info_or_none(engine: Engine) -> ModelInfo | None:
 
 
 class _EngineCollector(Collector):
+    """One process: the engine's figures, read when scraped."""
+
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    def collect(
-        self,
-    ) -> Iterator[
-        GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily | InfoMetricFamily
-    ]:
+    def collect(self) -> Iterator[Metric]:
         stats = self._engine.statistics()
-        info = _info_or_none(self._engine)
-        build = {"version": __version__, "state": stats.state, "strategy": stats.worker.strategy}
-        if info is not None:
-            build |= {"model": info.model_id, "backend": info.backend}
-        yield InfoMetricFamily("embedloom_build", "the server and its model", value=build)
-        yield _gauge("embedloom_queue_size", "inputs waiting for a batch", stats.queued_inputs)
-        yield _gauge(
-            "embedloom_admitted_inputs", "inputs admitted: queued + running", stats.admitted_inputs
-        )
-        yield _gauge("embedloom_max_queued_inputs", "the admission bound", stats.max_queued_inputs)
-        yield _gauge(
-            "embedloom_running_batches", "batches handed to the model", stats.running_batches
-        )
-        worker = stats.worker
-        yield _gauge(
-            "embedloom_inference_threads", "threads calling the model", worker.inference_threads
-        )
-        yield _gauge("embedloom_replicas", "model instances", worker.replicas)
-        yield _gauge(
+        yield _build_info(self._engine, stats)
+        for name, documentation, value in _engine_gauges(stats, self._engine.sharing.budget):
+            yield GaugeMetricFamily(name, documentation, value=value)
+        families: dict[str, CounterMetricFamily] = {}
+        for name, documentation, outcome, value in _engine_counters(stats):
+            if not outcome:
+                yield CounterMetricFamily(name, documentation, value=value)
+                continue
+            if name not in families:
+                families[name] = CounterMetricFamily(name, documentation, labels=("outcome",))
+            families[name].add_metric((outcome,), value)
+        yield from families.values()
+        for name, documentation, snapshot in _engine_histograms(stats):
+            yield _histogram(name, documentation, snapshot)
+
+
+def _engine_gauges(stats: EngineStatistics, budget: int) -> Iterable[tuple[str, str, float]]:
+    worker = stats.worker
+    return (
+        ("embedloom_queue_size", "inputs waiting for a batch", stats.queued_inputs),
+        ("embedloom_admitted_inputs", "inputs admitted: queued + running", stats.admitted_inputs),
+        ("embedloom_max_queued_inputs", "the admission bound", stats.max_queued_inputs),
+        ("embedloom_running_batches", "batches handed to the model", stats.running_batches),
+        ("embedloom_inference_threads", "threads calling the model", worker.inference_threads),
+        ("embedloom_replicas", "model instances", worker.replicas),
+        (
             "embedloom_threads_per_replica",
             "intra-op threads per replica, as the backend reports",
             worker.threads_per_replica,
-        )
-        yield _gauge(
-            "embedloom_thread_budget", "compute threads allowed in all", self._engine.sharing.budget
-        )
-        yield _gauge(
-            "embedloom_busy_inference_threads", "inference threads running a batch", worker.busy
-        )
-        requests = CounterMetricFamily(
-            "embedloom_engine_requests", "engine requests by outcome", labels=("outcome",)
-        )
-        for outcome, count in (
-            ("admitted", stats.requests_admitted),
-            ("completed", stats.requests_completed),
-            ("failed", stats.requests_failed),
-            ("rejected", stats.requests_rejected),
-            ("cancelled", stats.requests_cancelled),
-        ):
-            requests.add_metric((outcome,), count)
-        yield requests
-        for name, help_text, value in (
-            ("embedloom_inputs_embedded", "inputs embedded", stats.inputs_embedded),
-            ("embedloom_inputs_dropped", "inputs dropped: their caller left", stats.inputs_dropped),
-            ("embedloom_batches", "batches run by the model", stats.batches_run),
-            ("embedloom_input_tokens", "tokens of all inputs", stats.input_tokens),
-            ("embedloom_padded_tokens", "tokens run, padding included", stats.padded_tokens),
-        ):
-            yield CounterMetricFamily(name, help_text, value=value)
-        for name, help_text, snapshot in (
-            ("embedloom_batch_size", "inputs per batch", stats.batch_size),
-            ("embedloom_batch_tokens", "padded tokens per batch", stats.batch_tokens),
-            ("embedloom_input_length_tokens", "tokens per input", stats.input_length),
-            ("embedloom_queue_duration_seconds", "wait per input", stats.queue_seconds),
-            ("embedloom_inference_duration_seconds", "time per batch", stats.inference_seconds),
-        ):
-            yield _histogram(name, help_text, snapshot)
+        ),
+        ("embedloom_thread_budget", "compute threads allowed in all", budget),
+        ("embedloom_busy_inference_threads", "inference threads running a batch", worker.busy),
+    )
 
 
-def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, documentation, value=value)
+def _engine_counters(stats: EngineStatistics) -> Iterable[tuple[str, str, str, float]]:
+    """(name, help, outcome label or "", total)."""
+    requests = ("embedloom_engine_requests", "engine requests by outcome")
+    return (
+        (*requests, "admitted", stats.requests_admitted),
+        (*requests, "completed", stats.requests_completed),
+        (*requests, "failed", stats.requests_failed),
+        (*requests, "rejected", stats.requests_rejected),
+        (*requests, "cancelled", stats.requests_cancelled),
+        ("embedloom_inputs_embedded", "inputs embedded", "", stats.inputs_embedded),
+        (
+            "embedloom_inputs_dropped",
+            "inputs dropped: their caller left",
+            "",
+            stats.inputs_dropped,
+        ),
+        ("embedloom_batches", "batches run by the model", "", stats.batches_run),
+        ("embedloom_input_tokens", "tokens of all inputs", "", stats.input_tokens),
+        ("embedloom_padded_tokens", "tokens run, padding included", "", stats.padded_tokens),
+    )
+
+
+def _engine_histograms(stats: EngineStatistics) -> Iterable[tuple[str, str, HistogramSnapshot]]:
+    return (
+        ("embedloom_batch_size", "inputs per batch", stats.batch_size),
+        ("embedloom_batch_tokens", "padded tokens per batch", stats.batch_tokens),
+        ("embedloom_input_length_tokens", "tokens per input", stats.input_length),
+        ("embedloom_queue_duration_seconds", "wait per input", stats.queue_seconds),
+        ("embedloom_inference_duration_seconds", "time per batch", stats.inference_seconds),
+    )
 
 
 def _histogram(name: str, documentation: str, snapshot: HistogramSnapshot) -> HistogramMetricFamily:
@@ -150,3 +214,104 @@ def _histogram(name: str, documentation: str, snapshot: HistogramSnapshot) -> Hi
 
 def _bound_label(bound: float) -> str:
     return str(int(bound)) if float(bound).is_integer() else repr(bound)
+
+
+def _build_info(engine: Engine, stats: EngineStatistics) -> InfoMetricFamily:
+    info = _info_or_none(engine)
+    build = {"version": __version__, "state": stats.state, "strategy": stats.worker.strategy}
+    if info is not None:
+        build |= {"model": info.model_id, "backend": info.backend}
+    return InfoMetricFamily("embedloom_build", "the server and its model", value=build)
+
+
+class _BuildCollector(Collector):
+    """What this worker runs: the same in every worker, so not summed."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def collect(self) -> Iterator[InfoMetricFamily]:
+        yield _build_info(self._engine, self._engine.statistics())
+
+
+class _EngineMirror:
+    """This worker's engine statistics, kept in multiprocess counters and gauges."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], float] = {}
+        self._counters: dict[str, Counter] = {}
+        self._gauges: dict[str, Gauge] = {}
+
+    def sync(self, engine: Engine) -> None:
+        stats = engine.statistics()
+        for name, documentation, value in _engine_gauges(stats, engine.sharing.budget):
+            gauge = self._gauges.get(name)
+            if gauge is None:
+                # The server's figure is the sum over the workers alive now, except
+                # for a per-replica setting, which is the same in every worker.
+                gauge = self._gauges[name] = Gauge(
+                    name,
+                    documentation,
+                    registry=None,
+                    multiprocess_mode="livemax" if name in _SAME_IN_EVERY_WORKER else "livesum",
+                )
+            gauge.set(value)
+        for name, documentation, label, value in _engine_counters(stats):
+            self._add(name, documentation, label, value)
+        for name, documentation, snapshot in _engine_histograms(stats):
+            bounds = [*(_bound_label(b) for b in snapshot.bounds), "+Inf"]
+            for bound, count in zip(bounds, snapshot.counts, strict=True):
+                self._add(name + _MIRRORED_BUCKET, documentation, bound, count)
+            self._add(name + _MIRRORED_SUM, documentation, "", snapshot.total)
+
+    def _add(self, name: str, documentation: str, label: str, total: float) -> None:
+        """Counters only go up: add what the total grew by since the last sync."""
+        counter = self._counters.get(name)
+        if counter is None:
+            labels = ("le",) if name.endswith(_MIRRORED_BUCKET) else ("outcome",) if label else ()
+            counter = self._counters[name] = Counter(name, documentation, labels, registry=None)
+        # labels() creates the series at 0, so every bucket is listed from the start.
+        series = counter.labels(label) if label else counter
+        grown = total - self._seen.get((name, label), 0.0)
+        if grown > 0:
+            series.inc(grown)
+            self._seen[(name, label)] = total
+
+
+class _Reassembled(Collector):
+    """The multiprocess collector's output, with mirrored histograms made whole again."""
+
+    def __init__(self, source: Collector) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        buckets: dict[str, dict[str, float]] = {}
+        sums: dict[str, float] = {}
+        documentation: dict[str, str] = {}
+        for family in self._source.collect():
+            if family.name.endswith(_MIRRORED_BUCKET):
+                name = family.name.removesuffix(_MIRRORED_BUCKET)
+                documentation[name] = family.documentation
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        le = sample.labels["le"]
+                        buckets.setdefault(name, {})[le] = sample.value
+            elif family.name.endswith(_MIRRORED_SUM):
+                name = family.name.removesuffix(_MIRRORED_SUM)
+                sums[name] = sum(s.value for s in family.samples if s.name.endswith("_total"))
+            else:
+                yield family
+        for name, by_bound in buckets.items():
+            yield _cumulative(name, documentation[name], by_bound, sums.get(name, 0.0))
+
+
+def _cumulative(
+    name: str, documentation: str, by_bound: dict[str, float], total: float
+) -> HistogramMetricFamily:
+    ordered = sorted(by_bound.items(), key=lambda item: float(item[0]))
+    running = 0.0
+    cumulative = []
+    for bound, count in ordered:
+        running += count
+        cumulative.append((bound, running))
+    return HistogramMetricFamily(name, documentation, buckets=cumulative, sum_value=total)

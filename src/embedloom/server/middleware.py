@@ -8,6 +8,7 @@ task per request and leaves streaming and disconnects untouched.
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,6 +23,9 @@ access_log = logging.getLogger("embedloom.access")
 logger = logging.getLogger(__name__)
 
 _REQUEST_ID_HEADER = b"x-request-id"
+# Which process answered: under --workers, so a client (or a test) can tell the
+# workers apart. Read per response, since a preloaded app is built before fork.
+_WORKER_HEADER = b"x-embedloom-worker"
 
 
 class RequestContextMiddleware:
@@ -48,6 +52,7 @@ class RequestContextMiddleware:
                     response_started = True
                     headers = [h for h in message.get("headers", []) if h[0] != _REQUEST_ID_HEADER]
                     headers.append((_REQUEST_ID_HEADER, request_id))
+                    headers.append((_WORKER_HEADER, str(os.getpid()).encode()))
                     message = {**message, "headers": headers}
                 await send(message)
 

@@ -15,6 +15,9 @@ from embedloom.batching import BatchPolicy, plan_batch
 class Item:
     n_tokens: int
     owner: object = None
+    enqueued_at: float = 0.0
+    deadline: float | None = None
+    priority_class: int = 1  # normal
 
 
 def queue_of(*lengths: int) -> list[Item]:
@@ -173,3 +176,63 @@ def test_no_input_starves_under_constant_arrivals(
             queue.append((next_id, Item(1 + next_id % 97)))
             next_id += 1
     raise AssertionError("the watched input was never served")
+
+
+# -- deadlines and priority (a fake clock: ``now`` is passed in) --------------------
+
+
+def test_expired_inputs_are_reported_and_never_planned() -> None:
+    queue = [Item(10, deadline=5.0), Item(10), Item(10, deadline=50.0)]
+    plan = plan_batch(queue, POLICY, now=10.0)
+    assert plan is not None
+    assert plan.expired == (0,)
+    assert 0 not in plan.positions
+    assert plan.positions == (1, 2)
+
+
+def test_a_queue_of_only_expired_inputs_gives_an_empty_plan_to_clear_them() -> None:
+    plan = plan_batch([Item(10, deadline=1.0)], POLICY, model_idle=False, now=2.0)
+    assert plan is not None
+    assert plan.positions == ()
+    assert plan.expired == (0,)
+
+
+def test_the_most_urgent_class_anchors_the_batch() -> None:
+    policy = BatchPolicy(max_batch_tokens=1024, max_batch_size=1, overhead_tokens=64)
+    queue = [Item(10, priority_class=2), Item(10, priority_class=1), Item(10, priority_class=0)]
+    plan = plan_batch(queue, policy, now=0.0)
+    assert plan is not None
+    assert plan.positions == (2,)
+
+
+def test_ageing_lifts_a_waiting_low_input_above_fresh_high_ones() -> None:
+    policy = BatchPolicy(max_batch_tokens=1024, max_batch_size=1, ageing_seconds=2.0)
+    queue = [
+        Item(10, priority_class=2, enqueued_at=0.0),
+        Item(10, priority_class=0, enqueued_at=3.9),
+    ]
+    # Not yet two ageing periods: high first. From 4 s on, low ranks with high and
+    # is older.
+    assert plan_batch(queue, policy, now=3.95).positions == (1,)  # type: ignore[union-attr]
+    assert plan_batch(queue, policy, now=4.0).positions == (0,)  # type: ignore[union-attr]
+
+
+@given(
+    classes=st.lists(st.integers(min_value=0, max_value=2), min_size=1, max_size=80),
+    lengths=st.lists(st.integers(min_value=1, max_value=300), min_size=80, max_size=80),
+    now=st.floats(min_value=80, max_value=200),
+)
+@settings(max_examples=200, deadline=None)
+def test_the_most_urgent_input_is_always_in_the_batch(
+    classes: list[int], lengths: list[int], now: float
+) -> None:
+    queue = [
+        Item(lengths[i], priority_class=c, enqueued_at=float(i)) for i, c in enumerate(classes)
+    ]
+    waited_periods = [(now - item.enqueued_at) // 2.0 for item in queue]
+    most_urgent = min(
+        range(len(queue)), key=lambda i: (queue[i].priority_class - waited_periods[i], i)
+    )
+    plan = plan_batch(queue, POLICY, now=now)
+    assert plan is not None
+    assert most_urgent in plan.positions

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from embedloom.engine import Embeddings, Engine, EngineState, EngineStatistics, ModelInfo
     from embedloom.errors import (
         BackendError,
+        DeadlineExceeded,
         EmbedloomError,
         InputTooLong,
         InvalidInput,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "Backend": "embedloom.backends.base",
     "BackendError": "embedloom.errors",
+    "DeadlineExceeded": "embedloom.errors",
     "Embedder": "embedloom.embedder",
     "Embeddings": "embedloom.engine",
     "EmbedloomError": "embedloom.errors",
@@ -63,6 +65,7 @@ _EXPORTS = {
 __all__ = [
     "Backend",
     "BackendError",
+    "DeadlineExceeded",
     "Embedder",
     "Embeddings",
     "EmbedloomError",

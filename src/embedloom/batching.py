@@ -3,9 +3,14 @@
 The engine keeps queued inputs in arrival order and asks ``plan_batch`` which
 of them to run next. The rules, in order:
 
-1. **Fairness.** The oldest queued input is always in the batch, so every input
-   is served after at most as many batches as there were inputs ahead of it;
-   later arrivals can be grouped around it but never starve it.
+0. **Deadlines.** An input whose deadline has passed is never planned into a
+   batch: its position is reported in ``expired`` for the engine to fail.
+1. **Fairness and priority.** Inputs are ranked by priority class (high,
+   normal, low), then age; the most urgent input is always in the batch, and
+   later arrivals can be grouped around it but never starve it. Ageing: every
+   ``ageing_seconds`` an input waits raises it one class, so low priority
+   still progresses under a sustained stream of high. With one class only this
+   is plain arrival order: the oldest input is always in the batch.
 2. **Limits.** At most ``max_batch_size`` inputs, and padded length × batch size
    at most ``max_batch_tokens`` (padding is real work for the model).
 3. **Length grouping.** The oldest ``window`` inputs, sorted by length, are split
@@ -30,7 +35,7 @@ from typing import Protocol
 
 import numpy as np
 
-__all__ = ["BatchPlan", "BatchPolicy", "HasTokens", "plan_batch"]
+__all__ = ["NORMAL_PRIORITY", "BatchPlan", "BatchPolicy", "HasTokens", "plan_batch"]
 
 
 class HasTokens(Protocol):
@@ -43,6 +48,22 @@ class HasTokens(Protocol):
     def owner(self) -> object:
         """The request the input belongs to."""
         ...
+
+    @property
+    def enqueued_at(self) -> float: ...
+
+    @property
+    def deadline(self) -> float | None:
+        """When the input stops being worth running (None: never)."""
+        ...
+
+    @property
+    def priority_class(self) -> int:
+        """0 high, 1 normal, 2 low."""
+        ...
+
+
+NORMAL_PRIORITY = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,12 +78,16 @@ class BatchPolicy:
     # oldest request's inputs only (split by the limits), and goes to a free
     # request thread whether or not the model is busy, as thread-per-request does.
     one_request_per_batch: bool = False
+    # Waiting this long raises an input one priority class.
+    ageing_seconds: float = 2.0
 
     def __post_init__(self) -> None:
         if self.max_batch_tokens < 1 or self.max_batch_size < 1 or self.window < 1:
             raise ValueError("batch limits and window must be positive")
         if self.overhead_tokens < 0:
             raise ValueError("overhead_tokens must not be negative")
+        if self.ageing_seconds <= 0:
+            raise ValueError("ageing_seconds must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +97,8 @@ class BatchPlan:
     positions: tuple[int, ...]
     padded_length: int
     real_tokens: int
+    # Inputs past their deadline, for the engine to fail; never in ``positions``.
+    expired: tuple[int, ...] = ()
 
     @property
     def size(self) -> int:
@@ -83,36 +110,66 @@ class BatchPlan:
 
 
 def plan_batch(
-    queue: Sequence[HasTokens], policy: BatchPolicy, *, model_idle: bool = True
+    queue: Sequence[HasTokens],
+    policy: BatchPolicy,
+    *,
+    model_idle: bool = True,
+    now: float = 0.0,
 ) -> BatchPlan | None:
-    """Choose the next batch from ``queue`` (oldest first), or None to wait.
+    """Choose the next batch from ``queue`` (in arrival order), or None to wait.
 
-    An input longer than ``max_batch_tokens`` runs alone rather than never.
+    ``now`` is the engine's clock, for deadlines and ageing. A plan may hold
+    only ``expired`` inputs (no positions) when nothing else is queued. An
+    input longer than ``max_batch_tokens`` runs alone rather than never.
     """
     if not queue:
         return None
+    expired = tuple(
+        i for i, item in enumerate(queue) if item.deadline is not None and item.deadline <= now
+    )
+    order = _urgency_order(queue, policy, now, set(expired))
+    if not order:
+        return BatchPlan((), 0, 0, expired)
     if policy.one_request_per_batch:
-        return _oldest_request_alone(queue, policy)
-    window = min(len(queue), policy.window)
-    lengths = np.fromiter((queue[i].n_tokens for i in range(window)), dtype=np.int64, count=window)
-    # Stable sort: among equal lengths, older inputs come first.
-    order = np.argsort(lengths, kind="stable")
-    sorted_lengths = lengths[order]
-    anchor = int(np.flatnonzero(order == 0)[0])
+        return _oldest_request_alone(queue, order, policy, expired)
+    window = order[: policy.window]
+    lengths = np.fromiter((queue[i].n_tokens for i in window), dtype=np.int64, count=len(window))
+    # Stable sort: among equal lengths, the more urgent come first.
+    by_length = np.argsort(lengths, kind="stable")
+    sorted_lengths = lengths[by_length]
+    anchor = int(np.flatnonzero(by_length == 0)[0])
     first, last = next(
         (first, last)
         for first, last in _cheapest_partition(sorted_lengths.tolist(), policy)
         if first <= anchor <= last
     )
-    positions = tuple(sorted(int(p) for p in order[first : last + 1]))
+    positions = tuple(sorted(window[int(k)] for k in by_length[first : last + 1]))
     plan = BatchPlan(
         positions=positions,
         padded_length=int(sorted_lengths[last]),
         real_tokens=int(sorted_lengths[first : last + 1].sum()),
+        expired=expired,
     )
-    if model_idle or _is_full(plan, policy):
+    if model_idle or _is_full(plan, policy) or expired:
         return plan
     return None
+
+
+def _urgency_order(
+    queue: Sequence[HasTokens], policy: BatchPolicy, now: float, expired: set[int]
+) -> list[int]:
+    """Positions of the live inputs, most urgent first: by priority class raised one
+    step per ``ageing_seconds`` waited, then by arrival."""
+    live = [i for i in range(len(queue)) if i not in expired] if expired else range(len(queue))
+    if all(queue[i].priority_class == NORMAL_PRIORITY for i in live):
+        return list(live)  # one class: arrival order, no sorting
+
+    def urgency(position: int) -> tuple[float, int]:
+        item = queue[position]
+        aged = (now - item.enqueued_at) // policy.ageing_seconds
+        return (item.priority_class - aged, position)
+
+    return sorted(live, key=urgency)
 
 
 def _cheapest_partition(lengths: Sequence[int], policy: BatchPolicy) -> list[tuple[int, int]]:
@@ -143,11 +200,13 @@ def _cheapest_partition(lengths: Sequence[int], policy: BatchPolicy) -> list[tup
     return runs
 
 
-def _oldest_request_alone(queue: Sequence[HasTokens], policy: BatchPolicy) -> BatchPlan:
-    owner = queue[0].owner
+def _oldest_request_alone(
+    queue: Sequence[HasTokens], order: Sequence[int], policy: BatchPolicy, expired: tuple[int, ...]
+) -> BatchPlan:
+    owner = queue[order[0]].owner
     positions: list[int] = []
     longest = 0
-    for position in range(min(len(queue), policy.window)):
+    for position in order[: policy.window]:
         item = queue[position]
         if item.owner is not owner:
             continue
@@ -160,9 +219,10 @@ def _oldest_request_alone(queue: Sequence[HasTokens], policy: BatchPolicy) -> Ba
         positions.append(position)
         longest = widest
     return BatchPlan(
-        positions=tuple(positions),
+        positions=tuple(sorted(positions)),
         padded_length=longest,
         real_tokens=sum(queue[p].n_tokens for p in positions),
+        expired=expired,
     )
 
 

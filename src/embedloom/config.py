@@ -92,6 +92,21 @@ class Settings:
             "weighs it against padding when grouping inputs by length"
         },
     )
+    request_timeout: float = dataclasses.field(
+        default=60.0,
+        metadata={
+            "help": "seconds a request may take when it sends no X-Request-Timeout header "
+            "(0: no limit; streams have none unless they send the header)"
+        },
+    )
+    max_request_timeout: float = dataclasses.field(
+        default=600.0,
+        metadata={"help": "the most seconds X-Request-Timeout may ask for (larger is capped)"},
+    )
+    max_stream_inputs: int = dataclasses.field(
+        default=100_000,
+        metadata={"help": "most inputs one POST /embed_stream request may carry"},
+    )
     sharing: Sharing = dataclasses.field(
         default="auto",
         metadata={
@@ -148,6 +163,14 @@ class Settings:
             # A request larger than the admission bound could never be admitted, so
             # lowering the bound lowers the request limit with it.
             object.__setattr__(self, "max_client_batch_size", self.max_queued_inputs)
+        if self.request_timeout < 0 or self.max_request_timeout <= 0:
+            raise SettingsError(
+                "request_timeout must not be negative and max_request_timeout must be positive"
+            )
+        if self.max_stream_inputs < 1:
+            raise SettingsError(
+                f"max_stream_inputs must be at least 1, got {self.max_stream_inputs}"
+            )
         if self.graceful_shutdown_seconds < 0:
             raise SettingsError("graceful_shutdown_seconds must not be negative")
 

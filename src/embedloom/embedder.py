@@ -40,7 +40,7 @@ class Embedder:
         if model is not None:
             settings = settings.replace(model=model)
         self._engine = Engine.from_settings(settings)
-        self._chunk = max(1, settings.max_queued_inputs // _CHUNKS_IN_FLIGHT)
+        self._chunk = max(1, self._engine.admission_limit() // _CHUNKS_IN_FLIGHT)
         self._loop = asyncio.new_event_loop()
         self._thread = start_thread(self._loop.run_forever, name="embedloom-embedder-loop")
         self._closed = threading.Event()

@@ -20,7 +20,7 @@ import enum
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import ParamSpec, Protocol, Self, TypeVar
 
@@ -32,6 +32,7 @@ from embedloom.batching import BatchPolicy, plan_batch
 from embedloom.config import Settings
 from embedloom.errors import (
     BackendError,
+    DeadlineExceeded,
     InputTooLong,
     InvalidInput,
     Overloaded,
@@ -39,7 +40,7 @@ from embedloom.errors import (
     Unavailable,
 )
 from embedloom.offload import run_in_thread
-from embedloom.scope import current_scope
+from embedloom.scope import PRIORITIES, Priority, current_scope
 from embedloom.sharing import (
     InferenceWorker,
     SharingPlan,
@@ -63,6 +64,11 @@ _INPUT_TOKEN_BOUNDS = (8, 16, 32, 64, 128, 256, 512, 1024)
 _SECONDS_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Retry-After is a hint; keep it within what a client would sensibly wait.
 _RETRY_AFTER_RANGE = (1.0, 60.0)
+# Admission per priority class: the share of the admission bound that work of
+# each class may fill, so a flood of low (or normal) priority work always leaves
+# room for high. A request larger than its class's share is still admitted into
+# an engine holding nothing else.
+_CLASS_SHARE: dict[Priority, float] = {"high": 1.0, "normal": 0.9, "low": 0.5}
 
 _Vectors = npt.NDArray[np.float32]
 # Without a plan: one inference thread, the backend's own thread settings.
@@ -116,6 +122,7 @@ class EngineStatistics:
     requests_failed: int
     requests_rejected: int
     requests_cancelled: int
+    requests_expired: int
     inputs_embedded: int
     inputs_dropped: int
     batches_run: int
@@ -134,13 +141,17 @@ class _Request:
     ``cancelled``, which the worker thread reads (a plain bool, set once)."""
 
     __slots__ = (
+        "admitted_at",
         "cancelled",
+        "deadline",
         "dimensions",
         "enqueued",
         "future",
         "normalize",
+        "priority_class",
         "raw",
         "request_id",
+        "timer",
         "tokens",
         "unfinished",
         "unreleased",
@@ -154,8 +165,14 @@ class _Request:
         dimensions: int,
         normalize: bool,
         request_id: str | None,
+        deadline: float | None,
+        priority: Priority,
     ) -> None:
         self.future = future
+        self.admitted_at = 0.0
+        self.deadline = deadline
+        self.priority_class = PRIORITIES.index(priority)
+        self.timer: asyncio.TimerHandle | None = None
         self.raw = np.empty((size, model_dimensions), dtype=np.float32)
         self.dimensions = dimensions
         self.normalize = normalize
@@ -183,6 +200,14 @@ class _QueuedInput:
         return self.tokens.n_tokens
 
     @property
+    def deadline(self) -> float | None:
+        return self.request.deadline
+
+    @property
+    def priority_class(self) -> int:
+        return self.request.priority_class
+
+    @property
     def owner(self) -> object:
         return self.request
 
@@ -197,18 +222,30 @@ class _Job:
         items: list[_QueuedInput],
         loop: asyncio.AbstractEventLoop,
         on_done: Callable[[_Job, _Vectors | None, BaseException | None, float], None],
+        clock: Callable[[], float],
     ) -> None:
         self.batch_id = batch_id
         self.items = items
+        self._clock = clock
         self.taken: list[_QueuedInput] = []
         self.skipped: list[_QueuedInput] = []
         self._loop = loop
         self._on_done = on_done
 
     def take_inputs(self) -> Sequence[TokenizedInput]:
-        self.taken = [item for item in self.items if not item.request.cancelled]
-        self.skipped = [item for item in self.items if item.request.cancelled]
+        # A waiting batch may hold inputs whose caller left, or whose deadline passed
+        # while it waited: those never reach the model.
+        now = self._clock()
+        self.taken, self.skipped = [], []
+        for item in self.items:
+            deadline = item.request.deadline
+            dropped = item.request.cancelled or (deadline is not None and deadline <= now)
+            (self.skipped if dropped else self.taken).append(item)
         return [item.tokens for item in self.taken]
+
+    def request_ids(self) -> tuple[str, ...]:
+        ids = (item.request.request_id for item in self.taken)
+        return tuple(dict.fromkeys(i for i in ids if i is not None))
 
     def complete(
         self,
@@ -269,6 +306,7 @@ class Engine:
                 "requests_failed",
                 "requests_rejected",
                 "requests_cancelled",
+                "requests_expired",
                 "inputs_embedded",
                 "inputs_dropped",
                 "batches_run",
@@ -420,6 +458,10 @@ class Engine:
         normalize: bool | None = None,
         truncate: bool = False,
         dimensions: int | None = None,
+        # A deadline the engine acts on (expired inputs are dropped unrun), which
+        # wrapping the call in asyncio.timeout would not do.
+        timeout: float | None = None,  # noqa: ASYNC109
+        priority: Priority | None = None,
     ) -> Embeddings:
         """Embed ``texts``; vectors in input order.
 
@@ -427,13 +469,27 @@ class Engine:
         ``truncate``: cut over-long inputs instead of raising ``InputTooLong``.
         ``dimensions``: keep the first N dimensions (Matryoshka-style), normalised
         afterwards if normalising.
+        ``timeout``: seconds from now after which the request fails with
+        ``DeadlineExceeded`` and its inputs are dropped unrun (None: the request
+        scope's deadline, if any). ``priority``: high, normal or low (None: the
+        request scope's).
         """
         if self._state is not EngineState.RUNNING:
             raise Unavailable(f"the engine is {self._state.value}, not accepting requests")
         backend = self._require_backend()
         texts = _validated_texts(texts)
         width = _validated_dimensions(dimensions, backend.dimensions)
-        request = self._admit(len(texts), backend, width, normalize)
+        scope = current_scope()
+        if priority is None:
+            priority = scope.priority if scope else "normal"
+        elif priority not in PRIORITIES:
+            raise InvalidInput(f"priority must be one of {', '.join(PRIORITIES)}", param="priority")
+        deadline = scope.deadline if scope else None
+        if timeout is not None:
+            if timeout <= 0:
+                raise InvalidInput("timeout must be positive", param="timeout")
+            deadline = self._clock() + timeout
+        request = self._admit(len(texts), backend, width, normalize, deadline, priority)
         try:
             try:
                 tokenized = await self._offload(backend.tokenize, texts)
@@ -442,22 +498,97 @@ class Engine:
             for index, item in enumerate(tokenized):
                 if item.truncated and not truncate:
                     raise InputTooLong(index=index, max_tokens=backend.max_input_tokens)
-            self._enqueue(request, tokenized)
+            if not request.future.done():  # it may have expired while tokenising
+                self._enqueue(request, tokenized)
             return await request.future
         except BaseException as exc:
             self._abandon(request, exc)
             raise
 
-    def _admit(self, size: int, backend: Backend, width: int, normalize: bool | None) -> _Request:
+    def admission_limit(self, priority: Priority = "normal") -> int:
+        """How many inputs may be admitted in all when a request of ``priority`` arrives
+        (the bound for high; less for normal and low, so a flood of those always
+        leaves room for high)."""
+        limit = self._settings.max_queued_inputs
+        return limit if priority == "high" else max(1, int(limit * _CLASS_SHARE[priority]))
+
+    async def embed_stream(
+        self,
+        texts: Sequence[str],
+        *,
+        normalize: bool | None = None,
+        truncate: bool = False,
+        dimensions: int | None = None,
+        priority: Priority | None = None,
+        chunk_size: int | None = None,
+        in_flight: int = 3,
+    ) -> AsyncGenerator[tuple[int, npt.NDArray[np.float32]], None]:
+        """Embed a long list, yielding ``(index, vector)`` in input order as they are done.
+
+        The list goes through the engine ``chunk_size`` inputs at a time (default:
+        one batch), at most ``in_flight`` chunks admitted at once, so a huge
+        request holds a few batches of queue and results at a time, and other
+        requests interleave with it. Each chunk is admitted like a request: under
+        overload the stream fails with ``Overloaded``. Leaving the iteration (or
+        cancelling) drops the chunks not yet run, counted in ``inputs_dropped``.
+        Deadlines come from the request scope.
+        """
+        texts = _validated_texts(texts)
+        if in_flight < 1:
+            raise ValueError("in_flight must be at least 1")
+        chunk = chunk_size or self._settings.max_batch_size
+        pending: deque[tuple[int, asyncio.Future[Embeddings]]] = deque()
+        next_start = 0
+        try:
+            while next_start < len(texts) or pending:
+                while next_start < len(texts) and len(pending) < in_flight:
+                    part = texts[next_start : next_start + chunk]
+                    work = self.embed(
+                        part,
+                        normalize=normalize,
+                        truncate=truncate,
+                        dimensions=dimensions,
+                        priority=priority,
+                    )
+                    pending.append((next_start, asyncio.ensure_future(work)))
+                    next_start += len(part)
+                start, task = pending.popleft()
+                try:
+                    result = await task
+                except InputTooLong as exc:  # its index is within the chunk
+                    raise InputTooLong(index=start + exc.index, max_tokens=exc.max_tokens) from None
+                for offset, vector in enumerate(result.vectors):
+                    yield start + offset, vector
+        finally:
+            # Everything that matters happens before the first await: a caller
+            # cancelled under a level-triggered cancel scope (anyio, so Starlette)
+            # is cancelled again at every await, and the rest would never run.
+            # Inputs never handed to the engine count as dropped; the cancelled
+            # chunks drop (and count) their own queued inputs as they unwind.
+            self._counts["inputs_dropped"] += len(texts) - next_start
+            for _, task in pending:
+                task.cancel()
+            await asyncio.gather(*(task for _, task in pending), return_exceptions=True)
+
+    def _admit(
+        self,
+        size: int,
+        backend: Backend,
+        width: int,
+        normalize: bool | None,
+        deadline: float | None,
+        priority: Priority,
+    ) -> _Request:
         limit = self._settings.max_queued_inputs
         if size > limit:
             raise TooManyInputs(count=size, limit=limit)
-        if self._admitted + size > limit:
+        share = self.admission_limit(priority)
+        if self._admitted + size > share and self._admitted > 0:
             self._counts["requests_rejected"] += 1
             retry_after = self._retry_after()
             raise Overloaded(
-                f"at capacity: {self._admitted} inputs admitted of {limit}; "
-                f"retry in about {retry_after:.0f}s",
+                f"at capacity for {priority} priority: {self._admitted} inputs admitted, "
+                f"{share} allowed; retry in about {retry_after:.0f}s",
                 retry_after=retry_after,
             )
         assert self._loop is not None
@@ -469,11 +600,24 @@ class Engine:
             width,
             backend.normalizes if normalize is None else normalize,
             scope.request_id if scope else None,
+            deadline,
+            priority,
         )
+        request.admitted_at = self._clock()
+        if deadline is not None:
+            # Expiry while queued; the batcher also skips expired inputs itself.
+            delay = max(0.0, deadline - self._clock())
+            request.timer = self._loop.call_later(delay, self._expire, request)
         self._admitted += size
         self._idle.clear()
         self._counts["requests_admitted"] += 1
-        logger.debug("admitted %d inputs (%d admitted in all)", size, self._admitted)
+        logger.debug(
+            "admitted %d inputs at %s priority (%d admitted in all)",
+            size,
+            priority,
+            self._admitted,
+            extra={"priority": priority},
+        )
         return request
 
     def _enqueue(self, request: _Request, tokenized: list[TokenizedInput]) -> None:
@@ -491,15 +635,22 @@ class Engine:
         assert self._loop is not None
         while self._queue and self._jobs_outstanding < self._worker.capacity:
             idle = self._jobs_outstanding < self._worker.parallelism
-            plan = plan_batch(self._queue, self._policy, model_idle=idle)
+            plan = plan_batch(self._queue, self._policy, model_idle=idle, now=self._clock())
             if plan is None:
                 return
+            if plan.expired:
+                queued = list(self._queue)
+                for request in {
+                    id(r): r for r in (queued[i].request for i in plan.expired)
+                }.values():
+                    self._expire(request)
+                continue
             items = self._take(plan.positions)
             now = self._clock()
             for item in items:
                 self._queue_seconds.observe(now - item.enqueued_at)
             self._next_batch_id += 1
-            job = _Job(self._next_batch_id, items, self._loop, self._on_job_done)
+            job = _Job(self._next_batch_id, items, self._loop, self._on_job_done, self._clock)
             self._jobs_outstanding += 1
             self._worker.submit(job)
 
@@ -522,6 +673,8 @@ class Engine:
         self._counts["inputs_dropped"] += len(job.skipped)
         for item in job.skipped:
             self._release(item.request, 1)
+            if not item.request.cancelled:  # skipped for its deadline
+                self._expire(item.request)
         if taken:
             self._record_batch(taken, seconds)
         if error is not None:
@@ -554,6 +707,8 @@ class Engine:
         request.unfinished -= 1
         self._counts["inputs_embedded"] += 1
         if request.unfinished == 0:
+            if request.timer is not None:
+                request.timer.cancel()
             request.future.set_result(
                 Embeddings(
                     _finish(request.raw, request.dimensions, request.normalize),
@@ -562,8 +717,25 @@ class Engine:
             )
             self._counts["requests_completed"] += 1
 
+    def _expire(self, request: _Request) -> None:
+        if request.future.done():
+            self._remove_queued(request)  # nothing of a finished request may stay queued
+            return
+        assert request.deadline is not None
+        self._counts["requests_expired"] += 1
+        self._fail(
+            request,
+            DeadlineExceeded(
+                f"the request's deadline passed after "
+                f"{request.deadline - request.admitted_at:.3f}s; "
+                "its remaining inputs were dropped unrun"
+            ),
+        )
+
     def _fail(self, request: _Request, error: BaseException) -> None:
         """Fail a request and drop its queued inputs (those in a batch finish on their own)."""
+        if request.timer is not None:
+            request.timer.cancel()
         request.cancelled = True
         self._remove_queued(request)
         if not request.future.done():
@@ -574,6 +746,8 @@ class Engine:
         """The caller left (cancelled or raised): free everything not already running."""
         if isinstance(reason, asyncio.CancelledError):
             self._counts["requests_cancelled"] += 1
+        if request.timer is not None:
+            request.timer.cancel()
         request.cancelled = True
         if not request.enqueued:
             self._release(request, request.unreleased)

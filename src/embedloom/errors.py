@@ -20,6 +20,7 @@ from __future__ import annotations
 
 __all__ = [
     "BackendError",
+    "DeadlineExceeded",
     "EmbedloomError",
     "InputTooLong",
     "InvalidInput",
@@ -105,6 +106,10 @@ class Overloaded(EmbedloomError):
 
 class Unavailable(EmbedloomError):
     """The engine is not accepting work: starting, draining, closed or unhealthy."""
+
+
+class DeadlineExceeded(EmbedloomError):
+    """The request's deadline passed before its inputs ran; they were dropped unrun."""
 
 
 class BackendError(EmbedloomError):

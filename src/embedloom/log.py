@@ -27,6 +27,7 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
+            "thread": record.threadName,
             "message": record.getMessage(),
         }
         for key, value in vars(record).items():

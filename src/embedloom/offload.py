@@ -12,11 +12,13 @@ import asyncio
 import contextvars
 import functools
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+import weakref
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from types import TracebackType
+from typing import Any, Generic, ParamSpec, Self, TypeVar
 
-__all__ = ["run_in_thread", "start_thread"]
+__all__ = ["ThreadIterator", "iterate_in_thread", "run_in_thread", "start_thread"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -55,3 +57,167 @@ def start_thread(target: Callable[[], object], *, name: str) -> threading.Thread
     thread = threading.Thread(target=context.run, args=(target,), name=name, daemon=True)
     thread.start()
     return thread
+
+
+def iterate_in_thread(
+    gen_fn: Callable[..., Iterator[T]],
+    /,
+    *args: Any,
+    max_buffer: int = 16,
+    executor: Executor | None = None,
+) -> ThreadIterator[T]:
+    """Run the blocking generator ``gen_fn(*args)`` in a thread, inside a copy of the
+    caller's context, and iterate its items asynchronously (see ``ThreadIterator``).
+
+    Use it as ``async with iterate_in_thread(...) as items: async for item in items``
+    so that leaving the block early stops the producer at once.
+    """
+    return ThreadIterator(
+        functools.partial(gen_fn, *args), max_buffer=max_buffer, executor=executor
+    )
+
+
+_DONE = object()
+
+
+class ThreadIterator(Generic[T]):
+    """Items of a blocking generator running in a thread, as an async iterator.
+
+    - Backpressure: the producer takes a slot before asking the generator for an
+      item, and the consumer frees it when it takes the item, so the producer is
+      never more than ``max_buffer`` items ahead.
+    - Errors: an exception in the generator is raised in the consumer, with its
+      original traceback (the producer's frames included).
+    - Stopping: ``aclose()`` (or leaving ``async with``, or the consumer's task
+      being cancelled while it waits) tells the producer to stop; it closes the
+      generator (its ``finally`` blocks run) without asking for another item, and
+      ``aclose`` returns once the thread is done with it. A blocking step already
+      under way finishes first: a thread cannot be interrupted.
+    - Threads: the caller's ``executor``, or a one-thread executor of its own,
+      shut down when the producer ends.
+    """
+
+    def __init__(
+        self,
+        make_generator: Callable[[], Iterator[T]],
+        *,
+        max_buffer: int = 16,
+        executor: Executor | None = None,
+    ) -> None:
+        if max_buffer < 1:
+            raise ValueError("max_buffer must be at least 1")
+        self._make_generator = make_generator
+        self._slots = threading.Semaphore(max_buffer)
+        self._stop = threading.Event()
+        self._items: asyncio.Queue[object] | None = None
+        self._executor = executor
+        self._own_executor: ThreadPoolExecutor | None = None
+        self._producer: Future[None] | None = None
+        self._finished = False
+        # A consumer that drops the iterator without closing it must not leave
+        # the producer blocked on a slot for ever.
+        weakref.finalize(self, _release, self._stop, self._slots)
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> T:
+        if self._finished:
+            raise StopAsyncIteration
+        items = self._start()
+        try:
+            item = await items.get()
+        except asyncio.CancelledError:
+            await self.aclose()
+            raise
+        if item is _DONE:
+            self._finished = True
+            await self._join()
+            raise StopAsyncIteration
+        if isinstance(item, _Failure):
+            self._finished = True
+            await self._join()
+            raise item.error
+        self._slots.release()
+        return item  # type: ignore[return-value]
+
+    async def aclose(self) -> None:
+        self._finished = True
+        _release(self._stop, self._slots)
+        await self._join()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _start(self) -> asyncio.Queue[object]:
+        if self._items is None:
+            loop = asyncio.get_running_loop()
+            self._items = asyncio.Queue()
+            executor = self._executor
+            if executor is None:
+                executor = self._own_executor = ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="embedloom-stream"
+                )
+            context = contextvars.copy_context()
+            produce = functools.partial(self._produce, loop, self._items)
+            self._producer = executor.submit(context.run, produce)
+        return self._items
+
+    def _produce(self, loop: asyncio.AbstractEventLoop, items: asyncio.Queue[object]) -> None:
+        def deliver(item: object) -> None:
+            try:
+                loop.call_soon_threadsafe(items.put_nowait, item)
+            except RuntimeError:  # the loop is closed: nobody is listening
+                self._stop.set()
+
+        try:
+            generator = self._make_generator()
+        except BaseException as exc:
+            deliver(_Failure(exc))
+            return
+        try:
+            while True:
+                self._slots.acquire()
+                if self._stop.is_set():
+                    return
+                try:
+                    item = next(generator)
+                except StopIteration:
+                    deliver(_DONE)
+                    return
+                except BaseException as exc:
+                    deliver(_Failure(exc))
+                    return
+                deliver(item)
+        finally:
+            close = getattr(generator, "close", None)
+            if close is not None:
+                close()
+
+    async def _join(self) -> None:
+        producer = self._producer
+        if producer is not None:
+            await asyncio.shield(asyncio.wrap_future(producer))
+        if self._own_executor is not None:
+            # The producer is done, so its thread is idle: joining it is immediate,
+            # and the caller can count on no thread left behind.
+            self._own_executor.shutdown(wait=True)
+            self._own_executor = None
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _release(stop: threading.Event, slots: threading.Semaphore) -> None:
+    stop.set()
+    slots.release()  # wakes a producer waiting for a slot, so it sees the stop

@@ -1,29 +1,43 @@
 """The request scope: who the current work is for, carried in ``contextvars``.
 
 A scope is set where a request enters (the HTTP middleware, or a library call)
-and read anywhere below it: log lines, metrics, the engine. It follows work
-into threads only because all offloading goes through ``embedloom.offload``,
-which copies the context.
+and read anywhere below it: log lines, metrics, the engine (its deadline and
+priority). It follows work into threads only because all offloading goes
+through ``embedloom.offload``, which copies the context.
+
+Batches mix requests, so a batch has a scope of its own, entered by the
+inference thread while the batch runs: log lines written then name the batch
+and every request in it.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Literal
 
 __all__ = [
+    "PRIORITIES",
+    "BatchScope",
+    "Priority",
     "RequestScope",
     "ScopeLogFilter",
+    "batch_scope",
+    "current_batch",
     "current_scope",
     "new_request_id",
     "request_scope",
     "valid_request_id",
 ]
+
+Priority = Literal["high", "normal", "low"]
+PRIORITIES: tuple[Priority, ...] = ("high", "normal", "low")
 
 # Request ids arrive from clients; anything odd is replaced rather than
 # echoed into logs and headers.
@@ -32,12 +46,28 @@ _REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 @dataclass(frozen=True, slots=True)
 class RequestScope:
-    """What is known about the request being served in this context."""
+    """What is known about the request being served in this context.
+
+    ``timeout``: seconds the caller allows from when the scope was entered;
+    ``deadline`` is that moment on ``time.monotonic``'s clock (None: no limit).
+    """
 
     request_id: str
+    deadline: float | None = None
+    priority: Priority = "normal"
+    trace_parent: str | None = None  # the incoming W3C traceparent, if any
+
+
+@dataclass(frozen=True, slots=True)
+class BatchScope:
+    """The batch an inference thread is running, and the requests it serves."""
+
+    batch_id: int
+    request_ids: tuple[str, ...]
 
 
 _current: ContextVar[RequestScope | None] = ContextVar("embedloom_scope", default=None)
+_batch: ContextVar[BatchScope | None] = ContextVar("embedloom_batch", default=None)
 
 
 def new_request_id() -> str:
@@ -52,12 +82,23 @@ def current_scope() -> RequestScope | None:
     return _current.get()
 
 
+def current_batch() -> BatchScope | None:
+    return _batch.get()
+
+
 @contextmanager
-def request_scope(request_id: str | None = None) -> Iterator[RequestScope]:
+def request_scope(
+    request_id: str | None = None,
+    *,
+    timeout: float | None = None,
+    priority: Priority = "normal",
+    trace_parent: str | None = None,
+) -> Iterator[RequestScope]:
     """Enter a request's scope for the duration of the block."""
     if request_id is None or not valid_request_id(request_id):
         request_id = new_request_id()
-    scope = RequestScope(request_id)
+    deadline = time.monotonic() + timeout if timeout is not None else None
+    scope = RequestScope(request_id, deadline, priority, trace_parent)
     token = _current.set(scope)
     try:
         yield scope
@@ -65,11 +106,34 @@ def request_scope(request_id: str | None = None) -> Iterator[RequestScope]:
         _current.reset(token)
 
 
+@contextmanager
+def batch_scope(batch_id: int, request_ids: tuple[str, ...]) -> Iterator[BatchScope]:
+    """Enter a batch's scope (on the thread running it) for the duration of the block."""
+    scope = BatchScope(batch_id, request_ids)
+    token = _batch.set(scope)
+    try:
+        yield scope
+    finally:
+        _batch.reset(token)
+
+
 class ScopeLogFilter(logging.Filter):
-    """Stamps every record with the current request id ('-' outside a request)."""
+    """Stamps every record with the current request id ('-' outside a request).
+
+    Inside a batch, ``request_id`` lists the batch's requests (comma-separated,
+    so a search for one id finds the line) and ``batch_id`` and ``request_ids``
+    are added.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "request_id"):
-            scope = _current.get()
-            record.request_id = scope.request_id if scope is not None else "-"
+        if hasattr(record, "request_id"):
+            return True
+        batch = _batch.get()
+        if batch is not None:
+            record.batch_id = batch.batch_id
+            record.request_ids = list(batch.request_ids)
+            record.request_id = ",".join(batch.request_ids) or "-"
+            return True
+        scope = _current.get()
+        record.request_id = scope.request_id if scope is not None else "-"
         return True

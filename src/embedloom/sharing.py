@@ -46,6 +46,7 @@ import numpy.typing as npt
 from embedloom.backends.base import Backend, BackendFactory, TokenizedInput
 from embedloom.config import Settings, SettingsError
 from embedloom.offload import start_thread
+from embedloom.scope import batch_scope
 
 __all__ = [
     "BatchJob",
@@ -63,7 +64,14 @@ logger = logging.getLogger(__name__)
 
 
 class BatchJob(Protocol):
-    """One batch as the worker sees it; both methods are called on the worker's thread."""
+    """One batch as the worker sees it; the methods are called on the worker's thread."""
+
+    @property
+    def batch_id(self) -> int: ...
+
+    def request_ids(self) -> tuple[str, ...]:
+        """The requests whose inputs ``take_inputs`` took (for the batch's log scope)."""
+        ...
 
     def take_inputs(self) -> Sequence[TokenizedInput]:
         """The inputs still wanted, at the moment the model is about to run them."""
@@ -330,12 +338,15 @@ class ThreadedWorker:
         inputs: Sequence[TokenizedInput] = ()
         try:
             inputs = job.take_inputs()
-            vectors = backend.embed(inputs) if inputs else None
-        except Exception as exc:
-            logger.exception("batch failed in the backend")
-            job.complete(None, exc, self._clock() - started)
-        else:
-            job.complete(vectors, None, self._clock() - started)
+            with batch_scope(job.batch_id, job.request_ids()):
+                try:
+                    logger.debug("running batch %d: %d inputs", job.batch_id, len(inputs))
+                    vectors = backend.embed(inputs) if inputs else None
+                except Exception as exc:
+                    logger.exception("batch %d failed in the backend", job.batch_id)
+                    job.complete(None, exc, self._clock() - started)
+                else:
+                    job.complete(vectors, None, self._clock() - started)
         finally:
             finished = self._clock()
             with self._state_lock:

@@ -17,7 +17,7 @@ from embedloom._version import __version__
 from embedloom.config import Settings
 from embedloom.engine import Engine, EngineState
 from embedloom.errors import EmbedloomError
-from embedloom.server import openai, ops, tei
+from embedloom.server import openai, ops, stream, tei
 from embedloom.server.errors import error_response, response_for
 from embedloom.server.metrics import ServerMetrics
 from embedloom.server.middleware import RequestContextMiddleware
@@ -66,9 +66,10 @@ def create_app(
     app.state.embedloom = ServerState(engine=engine, settings=settings, metrics=metrics)
     app.include_router(openai.router)
     app.include_router(tei.router)
+    app.include_router(stream.router)
     app.include_router(ops.router)
     _install_error_handlers(app)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, settings=settings)
     return app
 
 

@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from embedloom.errors import (
     BackendError,
+    DeadlineExceeded,
     EmbedloomError,
     InputTooLong,
     InvalidInput,
@@ -46,6 +47,7 @@ ERROR_STATUS: Mapping[type[EmbedloomError], ErrorKind] = {
     ModelFetchFailed: ErrorKind(503, "service_unavailable", "unhealthy"),
     Overloaded: ErrorKind(429, "rate_limit_error", "overloaded"),
     Unavailable: ErrorKind(503, "service_unavailable", "unhealthy"),
+    DeadlineExceeded: ErrorKind(504, "timeout_error", "timeout"),
     BackendError: ErrorKind(500, "server_error", "backend"),
     EmbedloomError: ErrorKind(500, "server_error", "internal"),
 }

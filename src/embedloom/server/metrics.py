@@ -179,6 +179,7 @@ def _engine_counters(stats: EngineStatistics) -> Iterable[tuple[str, str, str, f
         (*requests, "failed", stats.requests_failed),
         (*requests, "rejected", stats.requests_rejected),
         (*requests, "cancelled", stats.requests_cancelled),
+        (*requests, "expired", stats.requests_expired),
         ("embedloom_inputs_embedded", "inputs embedded", "", stats.inputs_embedded),
         (
             "embedloom_inputs_dropped",

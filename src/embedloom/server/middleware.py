@@ -8,12 +8,14 @@ task per request and leaves streaming and disconnects untouched.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from embedloom.scope import request_scope
+from embedloom.config import Settings
+from embedloom.scope import PRIORITIES, Priority, request_scope
 from embedloom.server.errors import error_response
 from embedloom.server.metrics import ServerMetrics
 
@@ -28,10 +30,16 @@ _REQUEST_ID_HEADER = b"x-request-id"
 _WORKER_HEADER = b"x-embedloom-worker"
 
 
+_TIMEOUT_HEADER = b"x-request-timeout"
+_PRIORITY_HEADER = b"x-priority"
+_TRACEPARENT_HEADER = b"traceparent"
+
+
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics, settings: Settings) -> None:
         self._app = app
         self._metrics = metrics
+        self._max_timeout = settings.max_request_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -42,7 +50,25 @@ class RequestContextMiddleware:
         status = 500
         response_started = False
 
-        with request_scope(offered) as request:
+        try:
+            timeout, priority = self._deadline_and_priority(scope)
+        except ValueError as exc:
+            response = error_response(
+                scope["path"],
+                422,
+                str(exc),
+                openai_type="invalid_request_error",
+                tei_type="validation",
+            )
+            await response(scope, receive, send)
+            self._metrics.observe_request(
+                _route_template(scope), scope["method"], 422, time.perf_counter() - started
+            )
+            return
+        traceparent = _header(scope, _TRACEPARENT_HEADER)
+        with request_scope(
+            offered, timeout=timeout, priority=priority, trace_parent=traceparent
+        ) as request:
             request_id = request.request_id.encode()
 
             async def send_with_id(message: Message) -> None:
@@ -82,6 +108,25 @@ class RequestContextMiddleware:
                     seconds * 1000,
                     extra={"status": status, "duration_ms": round(seconds * 1000, 3)},
                 )
+
+    def _deadline_and_priority(self, scope: Scope) -> tuple[float | None, Priority]:
+        """X-Request-Timeout (seconds, capped by the server's maximum) and X-Priority."""
+        timeout: float | None = None
+        raw = _header(scope, _TIMEOUT_HEADER)
+        if raw is not None:
+            try:
+                timeout = float(raw)
+            except ValueError:
+                timeout = math.nan
+            if not math.isfinite(timeout) or timeout <= 0:
+                raise ValueError(
+                    f"X-Request-Timeout must be a positive number of seconds, got {raw!r}"
+                )
+            timeout = min(timeout, self._max_timeout)
+        priority = (_header(scope, _PRIORITY_HEADER) or "normal").strip().lower()
+        if priority not in PRIORITIES:
+            raise ValueError(f"X-Priority must be one of {', '.join(PRIORITIES)}, got {priority!r}")
+        return timeout, priority
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

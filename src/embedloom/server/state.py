@@ -14,6 +14,7 @@ from starlette.requests import Request
 from embedloom.config import Settings
 from embedloom.engine import Embeddings, Engine
 from embedloom.errors import TooManyInputs
+from embedloom.scope import current_scope
 from embedloom.server.metrics import ServerMetrics
 
 __all__ = [
@@ -56,6 +57,9 @@ async def embed_for_request(
     limit = state.settings.max_client_batch_size
     if len(batch) > limit:
         raise TooManyInputs(count=len(batch), limit=limit)
+    scope = current_scope()
+    # The server's default deadline, unless the client sent its own.
+    default_timeout = state.settings.request_timeout or None
     return await unless_disconnected(
         request,
         state.engine.embed(
@@ -63,6 +67,7 @@ async def embed_for_request(
             normalize=normalize,
             truncate=state.settings.auto_truncate if truncate is None else truncate,
             dimensions=dimensions,
+            timeout=default_timeout if scope is None or scope.deadline is None else None,
         ),
     )
 

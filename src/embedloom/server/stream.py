@@ -1,0 +1,104 @@
+"""``POST /embed_stream`` — a long list in, NDJSON lines out as they are computed.
+
+The body is TEI's ``/embed`` body, with up to ``--max-stream-inputs`` inputs
+(far above the normal per-request limit). Each line is
+``{"index": i, "embedding": [...]}``, in input order. The engine runs the list
+a few batches at a time (``Engine.embed_stream``), so the server holds a few
+batches of this request at once, whatever its length, and other requests
+interleave with it. An error before the first line is an ordinary error
+response (status and JSON body); an error after it ends the stream with one
+line ``{"error": ..., "error_type": ...}``. A client that disconnects stops the
+stream: its chunks not yet run are dropped, counted in ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response, StreamingResponse
+
+from embedloom.errors import EmbedloomError, TooManyInputs
+from embedloom.server.errors import kind_of
+from embedloom.server.schemas import EmbedRequest, parse_body
+from embedloom.server.state import json_body, server_state, unless_disconnected
+
+__all__ = ["router"]
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter()
+
+_Item = tuple[int, npt.NDArray[np.float32]]
+
+
+@router.post(
+    "/embed_stream",
+    response_model=None,
+    summary="Embed a long list, streamed back as NDJSON lines in input order",
+    responses={200: {"content": {"application/x-ndjson": {}}}},
+    openapi_extra=json_body(EmbedRequest),
+)
+async def embed_stream(request: Request) -> Response:
+    state = server_state(request)
+    body = parse_body(await request.body(), EmbedRequest)
+    texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+    if len(texts) > state.settings.max_stream_inputs:
+        raise TooManyInputs(count=len(texts), limit=state.settings.max_stream_inputs)
+    items = state.engine.embed_stream(
+        texts,
+        normalize=body.normalize,
+        truncate=state.settings.auto_truncate if body.truncate is None else body.truncate,
+        dimensions=body.dimensions,
+    )
+    # The first results decide the status: errors found by then (an input too
+    # long in the first chunk, overload) get their ordinary status and body.
+    try:
+        first = await unless_disconnected(request, anext(items))
+    except BaseException:
+        await items.aclose()
+        raise
+    lines_per_send = state.settings.max_batch_size
+    return StreamingResponse(
+        _lines(first, items, lines_per_send), media_type="application/x-ndjson"
+    )
+
+
+async def _lines(
+    first: _Item, items: AsyncGenerator[_Item, None], per_send: int
+) -> AsyncIterator[bytes]:
+    """NDJSON, one send per ``per_send`` lines (a chunk's worth arrives at once)."""
+    buffered = [_line(first)]
+    sent = 1
+    try:
+        async for item in items:
+            buffered.append(_line(item))
+            sent += 1
+            if len(buffered) >= per_send:
+                yield b"".join(buffered)
+                buffered = []
+    except asyncio.CancelledError:
+        logger.info("the client left the stream after %d results; the rest is dropped", sent)
+        raise
+    except EmbedloomError as exc:
+        logger.warning("stream ended early: %s", exc.message)
+        buffered.append(
+            orjson.dumps({"error": exc.message, "error_type": kind_of(exc).tei_type}) + b"\n"
+        )
+    finally:
+        await items.aclose()
+    if buffered:
+        yield b"".join(buffered)
+
+
+def _line(item: _Item) -> bytes:
+    index, vector = item
+    return (
+        orjson.dumps({"index": index, "embedding": vector}, option=orjson.OPT_SERIALIZE_NUMPY)
+        + b"\n"
+    )

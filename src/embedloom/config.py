@@ -22,6 +22,7 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 LogFormat = Literal["text", "json"]
 Sharing = Literal["auto", "dedicated", "replicas", "locked"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+Tracing = Literal["off", "console", "otlp"]
 
 
 class SettingsError(ValueError):
@@ -136,6 +137,13 @@ class Settings:
     log_level: LogLevel = dataclasses.field(default="info", metadata={"help": "log verbosity"})
     log_format: LogFormat = dataclasses.field(
         default="text", metadata={"help": "text lines, or one JSON object per line"}
+    )
+    tracing: Tracing = dataclasses.field(
+        default="off",
+        metadata={
+            "help": "OpenTelemetry spans per request, stage and batch: off, console, or otlp "
+            "(OTEL_EXPORTER_OTLP_* variables; needs the 'tracing' extra)"
+        },
     )
     graceful_shutdown_seconds: float = dataclasses.field(
         default=30.0,

@@ -22,11 +22,12 @@ import time
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import ParamSpec, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, Protocol, Self, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
+from embedloom import tracing
 from embedloom.backends.base import Backend, BackendFactory, TokenizedInput
 from embedloom.batching import BatchPolicy, plan_batch
 from embedloom.config import Settings
@@ -50,6 +51,9 @@ from embedloom.sharing import (
 )
 from embedloom.stats import Histogram, HistogramSnapshot, RateEstimator
 from embedloom.threads import usable_cores
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
 
 __all__ = ["Embeddings", "Engine", "EngineState", "EngineStatistics", "ModelInfo"]
 
@@ -146,11 +150,14 @@ class _Request:
         "deadline",
         "dimensions",
         "enqueued",
+        "first_batch_ns",
         "future",
         "normalize",
         "priority_class",
+        "queued_ns",
         "raw",
         "request_id",
+        "span",
         "timer",
         "tokens",
         "unfinished",
@@ -169,6 +176,11 @@ class _Request:
         priority: Priority,
     ) -> None:
         self.future = future
+        # Tracing only (None when off): the request's span, and when it was queued
+        # and when its first batch started, for the queue and inference spans.
+        self.span: SpanContext | None = None
+        self.queued_ns = 0
+        self.first_batch_ns = 0
         self.admitted_at = 0.0
         self.deadline = deadline
         self.priority_class = PRIORITIES.index(priority)
@@ -242,6 +254,10 @@ class _Job:
             dropped = item.request.cancelled or (deadline is not None and deadline <= now)
             (self.skipped if dropped else self.taken).append(item)
         return [item.tokens for item in self.taken]
+
+    def span_links(self) -> list[SpanContext]:
+        spans = (item.request.span for item in self.taken)
+        return list({id(s): s for s in spans if s is not None}.values())
 
     def request_ids(self) -> tuple[str, ...]:
         ids = (item.request.request_id for item in self.taken)
@@ -492,7 +508,8 @@ class Engine:
         request = self._admit(len(texts), backend, width, normalize, deadline, priority)
         try:
             try:
-                tokenized = await self._offload(backend.tokenize, texts)
+                with tracing.span("embedloom.tokenize", inputs=len(texts)):
+                    tokenized = await self._offload(backend.tokenize, texts)
             except (TypeError, ValueError, UnicodeError) as exc:
                 raise InvalidInput(f"input could not be tokenized: {exc}", param="input") from exc
             for index, item in enumerate(tokenized):
@@ -604,6 +621,7 @@ class Engine:
             priority,
         )
         request.admitted_at = self._clock()
+        request.span = tracing.current_span_context()
         if deadline is not None:
             # Expiry while queued; the batcher also skips expired inputs itself.
             delay = max(0.0, deadline - self._clock())
@@ -628,6 +646,8 @@ class Engine:
             request.tokens += tokens.n_tokens
         self._counts["input_tokens"] += request.tokens
         request.enqueued = True
+        if request.span is not None:
+            request.queued_ns = tracing.now_ns()
         self._dispatch()
 
     def _dispatch(self) -> None:
@@ -650,6 +670,8 @@ class Engine:
             for item in items:
                 self._queue_seconds.observe(now - item.enqueued_at)
             self._next_batch_id += 1
+            if tracing.enabled():
+                self._trace_queue_wait(items)
             job = _Job(self._next_batch_id, items, self._loop, self._on_job_done, self._clock)
             self._jobs_outstanding += 1
             self._worker.submit(job)
@@ -689,6 +711,14 @@ class Engine:
                 self._deliver(item, vectors[row])
         self._dispatch()
 
+    def _trace_queue_wait(self, items: list[_QueuedInput]) -> None:
+        """The queue span of each request whose first input starts a batch now."""
+        now = tracing.now_ns()
+        for request in {id(item.request): item.request for item in items}.values():
+            if request.span is not None and not request.first_batch_ns:
+                request.first_batch_ns = now
+                tracing.record_span("embedloom.queue", request.span, request.queued_ns, now)
+
     def _record_batch(self, taken: list[_QueuedInput], seconds: float) -> None:
         padded = max(item.n_tokens for item in taken) * len(taken)
         self._counts["batches_run"] += 1
@@ -709,6 +739,10 @@ class Engine:
         if request.unfinished == 0:
             if request.timer is not None:
                 request.timer.cancel()
+            if request.span is not None:
+                tracing.record_span(
+                    "embedloom.inference", request.span, request.first_batch_ns, tracing.now_ns()
+                )
             request.future.set_result(
                 Embeddings(
                     _finish(request.raw, request.dimensions, request.normalize),

@@ -38,15 +38,19 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from embedloom import tracing
 from embedloom.backends.base import Backend, BackendFactory, TokenizedInput
 from embedloom.config import Settings, SettingsError
 from embedloom.offload import start_thread
 from embedloom.scope import batch_scope
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
 
 __all__ = [
     "BatchJob",
@@ -71,6 +75,10 @@ class BatchJob(Protocol):
 
     def request_ids(self) -> tuple[str, ...]:
         """The requests whose inputs ``take_inputs`` took (for the batch's log scope)."""
+        ...
+
+    def span_links(self) -> Sequence[SpanContext]:
+        """The trace spans of those requests (empty when tracing is off)."""
         ...
 
     def take_inputs(self) -> Sequence[TokenizedInput]:
@@ -341,7 +349,8 @@ class ThreadedWorker:
             with batch_scope(job.batch_id, job.request_ids()):
                 try:
                     logger.debug("running batch %d: %d inputs", job.batch_id, len(inputs))
-                    vectors = backend.embed(inputs) if inputs else None
+                    with tracing.batch_span(job.batch_id, len(inputs), job.span_links()):
+                        vectors = backend.embed(inputs) if inputs else None
                 except Exception as exc:
                     logger.exception("batch %d failed in the backend", job.batch_id)
                     job.complete(None, exc, self._clock() - started)

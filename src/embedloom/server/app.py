@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from embedloom import tracing
 from embedloom._version import __version__
 from embedloom.config import Settings
 from embedloom.engine import Engine, EngineState
@@ -45,6 +46,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Here, in the serving process: an exporter's thread must not be started in
+        # a gunicorn master before it forks.
+        if settings.tracing != "off":
+            tracing.configure_tracing(settings.tracing)
         if engine.state is EngineState.CREATED:
             await engine.start()
         # Under --workers, one line per worker: how a supervisor (or a test) sees

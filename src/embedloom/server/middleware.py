@@ -14,6 +14,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from embedloom import tracing
 from embedloom.config import Settings
 from embedloom.scope import PRIORITIES, Priority, request_scope
 from embedloom.server.errors import error_response
@@ -66,9 +67,12 @@ class RequestContextMiddleware:
             )
             return
         traceparent = _header(scope, _TRACEPARENT_HEADER)
-        with request_scope(
-            offered, timeout=timeout, priority=priority, trace_parent=traceparent
-        ) as request:
+        with (
+            request_scope(
+                offered, timeout=timeout, priority=priority, trace_parent=traceparent
+            ) as request,
+            tracing.request_span(f"{scope['method']} {scope['path']}", traceparent),
+        ):
             request_id = request.request_id.encode()
 
             async def send_with_id(message: Message) -> None:

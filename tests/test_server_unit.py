@@ -140,3 +140,22 @@ async def test_unexpected_exception_is_a_json_500_with_the_request_id() -> None:
     assert "req-500" in error["message"]
     assert "secret" not in reply.text
     assert error["type"] == "server_error"
+
+
+async def test_a_disconnect_sets_the_request_scopes_cancellation_signal() -> None:
+    from typing import cast
+
+    from starlette.requests import Request
+
+    from embedloom.scope import request_scope
+    from embedloom.server.state import ClientDisconnected, unless_disconnected
+
+    class Gone:
+        async def receive(self) -> dict[str, str]:
+            return {"type": "http.disconnect"}
+
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    with request_scope("gone") as scope, pytest.raises(ClientDisconnected):
+        await unless_disconnected(cast(Request, Gone()), never)
+    assert scope.cancelled.is_set()  # work in other threads can see the caller left
+    assert never.cancelled()

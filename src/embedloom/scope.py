@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = [
@@ -48,14 +49,23 @@ _REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 class RequestScope:
     """What is known about the request being served in this context.
 
-    ``timeout``: seconds the caller allows from when the scope was entered;
-    ``deadline`` is that moment on ``time.monotonic``'s clock (None: no limit).
+    ``deadline``: when the caller stops waiting, on ``time.monotonic``'s clock
+    (None: no limit). ``cancelled``: set when the caller is gone (the HTTP client
+    disconnected); blocking work in other threads can check it and stop early.
     """
 
     request_id: str
     deadline: float | None = None
     priority: Priority = "normal"
     trace_parent: str | None = None  # the incoming W3C traceparent, if any
+    cancelled: threading.Event = field(default_factory=threading.Event, compare=False)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def remaining(self) -> float | None:
+        """Seconds until the deadline (negative once past); None without one."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
 
 
 @dataclass(frozen=True, slots=True)

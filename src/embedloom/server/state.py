@@ -103,6 +103,9 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     watcher.cancel()
     if task.done():
         return task.result()
+    scope = current_scope()
+    if scope is not None:
+        scope.cancel()  # for work in other threads that checks it
     await _cancel_and_wait(task)
     raise ClientDisconnected()
 

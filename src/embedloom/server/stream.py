@@ -24,6 +24,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from embedloom.errors import EmbedloomError, TooManyInputs
+from embedloom.scope import current_scope
 from embedloom.server.errors import kind_of
 from embedloom.server.schemas import EmbedRequest, parse_body
 from embedloom.server.state import json_body, server_state, unless_disconnected
@@ -84,6 +85,9 @@ async def _lines(
                 buffered = []
     except asyncio.CancelledError:
         logger.info("the client left the stream after %d results; the rest is dropped", sent)
+        scope = current_scope()
+        if scope is not None:
+            scope.cancel()
         raise
     except EmbedloomError as exc:
         logger.warning("stream ended early: %s", exc.message)

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from embedloom._version import __version__
 from embedloom.config import Settings, SettingsError, SettingSpec, setting_specs
@@ -35,6 +36,35 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (serve, doctor):
         for spec in setting_specs():
             _add_setting(command, spec)
+    embed = commands.add_parser(
+        "embed",
+        help="embed a file of texts into a Parquet or .npy file (bounded memory, resumable)",
+        description="Embed INPUT (.txt lines, .jsonl, .csv, .parquet, or - for stdin) into "
+        "OUTPUT (.parquet or .npy), in input order, in memory that does not grow with the "
+        "input. Takes the model and sharing flags of serve.",
+    )
+    embed.add_argument("input", metavar="INPUT")
+    embed.add_argument("-o", "--output", required=True, type=Path, metavar="OUTPUT")
+    embed.add_argument("--field", default="text", help="JSONL field to embed (default: text)")
+    embed.add_argument("--id-field", help="JSONL field copied to the output as the row's id")
+    embed.add_argument("--column", help="CSV/Parquet column to embed (default: --field)")
+    embed.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    embed.add_argument(
+        "--on-error",
+        choices=("stop", "skip"),
+        default="stop",
+        help="a bad row stops the job (default), or is written to OUTPUT.rejects.jsonl",
+    )
+    embed.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    embed.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    embed.add_argument("--processes", type=int, default=1, help="worker processes (spawned)")
+    embed.add_argument(
+        "--chunk-size", type=int, default=1024, help="rows per chunk (at least one batch)"
+    )
+    embed.add_argument("--quiet", action="store_true", help="no progress bar")
+    for spec in setting_specs():
+        if spec.name in _ENGINE_SETTINGS:
+            _add_setting(embed, spec)
     pull = commands.add_parser(
         "pull",
         help="fetch a Hugging Face model into the store ahead of time",
@@ -56,6 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 # The settings the store commands take; the rest are the server's.
 _STORE_SETTINGS = ("home", "log_level")
+# The settings of the engine (the batch job takes these, not the server's).
+_ENGINE_SETTINGS = (
+    "model",
+    "home",
+    "offline",
+    "max_batch_tokens",
+    "max_batch_size",
+    "batch_overhead_tokens",
+    "sharing",
+    "replicas",
+    "threads",
+    "log_level",
+    "log_format",
+)
 
 
 def _add_setting(parser: argparse.ArgumentParser, spec: SettingSpec) -> None:
@@ -100,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     if args.command == "doctor":
         return _doctor(settings)
+    if args.command == "embed":
+        return _embed(settings, args)
     if args.command == "pull":
         return _pull(settings, args.reference)
     if args.command == "models":
@@ -113,6 +159,38 @@ def _doctor(settings: Settings) -> int:
     text, failed = run_doctor(settings, os.environ)
     print(text, end="")
     return 1 if failed else 0
+
+
+def _embed(settings: Settings, args: argparse.Namespace) -> int:
+    from embedloom.batch import JobOptions, run_job
+    from embedloom.log import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    if args.processes < 1:
+        print("embedloom: --processes must be at least 1", file=sys.stderr)
+        return 2
+    options = JobOptions(
+        input=args.input,
+        output=args.output,
+        field=args.field,
+        id_field=args.id_field,
+        column=args.column,
+        dtype=args.dtype,
+        on_error=args.on_error,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        processes=args.processes,
+        chunk_size=args.chunk_size,
+        quiet=args.quiet,
+        settings=settings,
+    )
+    try:
+        summary = run_job(options)
+    except (EmbedloomError, SettingsError, ValueError) as exc:
+        print(f"embedloom: {exc}", file=sys.stderr)
+        return 2
+    print(summary.line())
+    return 0
 
 
 def _pull(settings: Settings, reference: str) -> int:

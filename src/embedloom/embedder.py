@@ -35,11 +35,19 @@ class Embedder:
     sentence-transformers does. Close it (or use ``with``) to stop its thread.
     """
 
-    def __init__(self, model: str | None = None, *, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        settings: Settings | None = None,
+        batch_per_request: bool = False,
+    ) -> None:
+        """``batch_per_request``: each ``embed`` call's inputs are batched alone, so
+        its vectors are reproducible bit for bit (see ``Engine``)."""
         settings = settings or Settings()
         if model is not None:
             settings = settings.replace(model=model)
-        self._engine = Engine.from_settings(settings)
+        self._engine = Engine.from_settings(settings, batch_per_request=batch_per_request)
         self._chunk = max(1, self._engine.admission_limit() // _CHUNKS_IN_FLIGHT)
         self._loop = asyncio.new_event_loop()
         self._thread = start_thread(self._loop.run_forever, name="embedloom-embedder-loop")

@@ -291,7 +291,11 @@ class Engine:
         sharing: SharingPlan | None = None,
         worker: InferenceWorker | None = None,
         offload: Offload = run_in_thread,
+        batch_per_request: bool = False,
     ) -> None:
+        """``batch_per_request``: never mix requests in a batch, so a request's
+        batches (and so its vectors, bit for bit) do not depend on what else was
+        queued; the batch job uses it to make runs reproducible."""
         self._settings = settings or Settings()
         self._offload = offload
         self._sharing = sharing or _DEDICATED
@@ -299,7 +303,7 @@ class Engine:
             max_batch_tokens=self._settings.max_batch_tokens,
             max_batch_size=self._settings.max_batch_size,
             overhead_tokens=self._settings.batch_overhead_tokens,
-            one_request_per_batch=self._sharing.strategy == "locked",
+            one_request_per_batch=self._sharing.strategy == "locked" or batch_per_request,
         )
         self._clock = clock
         self._worker = worker or build_worker(self._sharing, backend_factory, clock=clock)
@@ -344,6 +348,7 @@ class Engine:
         *,
         clock: Callable[[], float] = time.monotonic,
         preload: bool = False,
+        batch_per_request: bool = False,
     ) -> Engine:
         """An engine on ``settings.model`` with the torch backend, shared as
         ``settings.sharing`` says within the thread budget.
@@ -377,6 +382,7 @@ class Engine:
             model_names=model.names,
             clock=clock,
             sharing=plan,
+            batch_per_request=batch_per_request,
         )
 
     @property

@@ -11,14 +11,22 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import multiprocessing
 import threading
 import weakref
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Generic, ParamSpec, Self, TypeVar
 
-__all__ = ["ThreadIterator", "iterate_in_thread", "run_in_thread", "start_thread"]
+__all__ = [
+    "ThreadIterator",
+    "iterate_in_thread",
+    "new_process_pool",
+    "new_thread_pool",
+    "run_in_thread",
+    "start_thread",
+]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -57,6 +65,37 @@ def start_thread(target: Callable[[], object], *, name: str) -> threading.Thread
     thread = threading.Thread(target=context.run, args=(target,), name=name, daemon=True)
     thread.start()
     return thread
+
+
+class _ContextThreadPool(ThreadPoolExecutor):
+    """A thread pool whose tasks run inside a copy of the submitter's context."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        context = contextvars.copy_context()
+        return super().submit(context.run, fn, *args, **kwargs)
+
+
+def new_thread_pool(workers: int, *, name: str) -> ThreadPoolExecutor:
+    """A pool of ``workers`` threads for the caller to own and shut down; each task
+    runs in a copy of its submitter's context."""
+    return _ContextThreadPool(max_workers=workers, thread_name_prefix=name)
+
+
+def new_process_pool(
+    workers: int,
+    *,
+    initializer: Callable[..., object] | None = None,
+    initargs: tuple[Any, ...] = (),
+) -> ProcessPoolExecutor:
+    """A pool of ``workers`` processes started with ``spawn``: a fork after torch
+    (and its OpenMP pool) is loaded is not safe, and spawn also keeps the parent's
+    threads out of the children. The one place embedloom starts processes."""
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=initializer,
+        initargs=initargs,
+    )
 
 
 def iterate_in_thread(

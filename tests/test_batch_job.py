@@ -3,6 +3,7 @@ processes, and memory that does not grow with the input."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import signal
@@ -20,7 +21,6 @@ import pytest
 
 from embedloom import InvalidInput, Settings
 from embedloom.batch import JobOptions, run_job
-from embedloom.batch.job import digest
 from embedloom.batch.readers import BatchInputError
 from tests.helpers import sample_texts
 
@@ -28,6 +28,10 @@ pytestmark = pytest.mark.model
 
 EMBEDLOOM = str(Path(sys.executable).with_name("embedloom"))
 TEXTS = sample_texts(300, seed=11)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def write_input(directory: Path, kind: str, texts: list[str]) -> Path:

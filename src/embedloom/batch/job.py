@@ -16,8 +16,8 @@ its share of the thread budget (and never a pool of its own on top).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import hashlib
 import itertools
 import json
 import logging
@@ -271,54 +271,35 @@ def _chunked(items: Iterator[Record | Reject], size: int) -> Iterator[list[Recor
         yield chunk
 
 
-class _embedding_function:
+@contextlib.contextmanager
+def _embedding_function(options: JobOptions) -> Iterator[_Embed]:
     """``embed(chunk) -> vectors of its records``, in this process or in workers."""
+    dtype = np.dtype(options.dtype)
+    if options.processes == 1:
+        from embedloom.embedder import Embedder
 
-    def __init__(self, options: JobOptions) -> None:
-        self._options = options
-        self._close: Callable[[], None] = lambda: None
+        with Embedder(settings=options.settings, batch_per_request=True) as embedder:
+            yield lambda chunk: _embed_sorted(embedder.embed, _texts(chunk)).astype(dtype)
+        return
+    from embedloom.offload import new_process_pool
+    from embedloom.sharing import worker_budget
+    from embedloom.threads import usable_cores
 
-    def __enter__(self) -> _Embed:
-        options = self._options
-        dtype = np.dtype(options.dtype)
-        if options.processes == 1:
-            from embedloom.embedder import Embedder
-
-            embedder = Embedder(settings=options.settings, batch_per_request=True)
-            self._close = embedder.close
-
-            def local(chunk: list[Record | Reject]) -> npt.NDArray[np.floating]:
-                return _embed_sorted(embedder.embed, _texts(chunk)).astype(dtype)
-
-            return local
-        from embedloom.offload import new_process_pool
-        from embedloom.sharing import worker_budget
-        from embedloom.threads import usable_cores
-
-        budget = worker_budget(
-            options.settings.replace(workers=options.processes), cores=usable_cores().usable
-        )
-        logger.info(
-            "%d worker processes × %d compute threads = %d, within %d usable cores",
-            options.processes,
-            budget,
-            options.processes * budget,
-            usable_cores().usable,
-        )
-        pool = new_process_pool(
-            options.processes,
-            initializer=_start_worker,
-            initargs=(options.settings.replace(threads=budget, workers=1),),
-        )
-        self._close = lambda: pool.shutdown(wait=True, cancel_futures=True)
-
-        def remote(chunk: list[Record | Reject]) -> npt.NDArray[np.floating]:
-            return pool.submit(_embed_in_worker, _texts(chunk)).result().astype(dtype)
-
-        return remote
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._close()
+    cores = usable_cores().usable
+    budget = worker_budget(options.settings.replace(workers=options.processes), cores=cores)
+    logger.info(
+        "%d worker processes × %d compute threads = %d, within %d usable cores",
+        options.processes,
+        budget,
+        options.processes * budget,
+        cores,
+    )
+    settings = options.settings.replace(threads=budget, workers=1)
+    pool = new_process_pool(options.processes, initializer=_start_worker, initargs=(settings,))
+    try:
+        yield lambda chunk: pool.submit(_embed_in_worker, _texts(chunk)).result().astype(dtype)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _texts(chunk: Sequence[Record | Reject]) -> list[str]:
@@ -374,12 +355,3 @@ def _peak_rss_mb(with_children: bool) -> float:
     if with_children:
         peak_kb += resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return peak_kb / 1024
-
-
-def digest(path: Path) -> str:
-    """SHA-256 of a file (tests and the benchmark compare outputs with it)."""
-    sha = hashlib.sha256()
-    with path.open("rb") as data:
-        for block in iter(lambda: data.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()

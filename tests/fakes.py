@@ -21,6 +21,11 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+class ThreadKiller(BaseException):
+    """Not an ``Exception``: nothing on the inference thread catches it, so it ends the
+    thread, as a crash in native code or a stray ``SystemExit`` would."""
+
+
 class FakeBackend:
     name = "fake"
 
@@ -31,7 +36,12 @@ class FakeBackend:
         normalizes: bool = False,
         hold_batches: bool = False,
         fail_on: str | None = None,
+        hang_on: str | None = None,
+        die_on: str | None = None,
     ) -> None:
+        """``fail_on``: a batch holding this text raises (a poisoned input).
+        ``hang_on``: a batch holding it blocks until ``unhang()``. ``die_on``: a batch
+        holding it raises ``ThreadKiller``, which ends the inference thread."""
         self.max_input_tokens = max_input_tokens
         self.dimensions = 4
         self.normalizes = normalizes
@@ -40,6 +50,9 @@ class FakeBackend:
         self._hold = hold_batches
         self._go: queue.Queue[None] = queue.Queue()
         self._fail_on = fail_on
+        self._hang_on = hang_on
+        self._die_on = die_on
+        self._unhung = threading.Event()
         self._lock = threading.Lock()
         self.on_tokenize: Callable[[Sequence[str]], None] | None = None
         self.running = 0  # embed calls in progress now
@@ -75,10 +88,18 @@ class FakeBackend:
                 self._go.get()
             if self._fail_on is not None and self._fail_on in texts:
                 raise RuntimeError(f"poisoned input {self._fail_on!r}")
+            if self._hang_on is not None and self._hang_on in texts:
+                self._unhung.wait()
+            if self._die_on is not None and self._die_on in texts:
+                raise ThreadKiller(f"input {self._die_on!r} ends the thread")
             return np.array([signature(text) for text in texts], dtype=np.float32)
         finally:
             with self._lock:
                 self.running -= 1
+
+    def unhang(self) -> None:
+        """Let every batch blocked on ``hang_on`` return."""
+        self._unhung.set()
 
     def release(self, batches: int = 1) -> None:
         """Let ``batches`` held batches finish."""

@@ -104,6 +104,14 @@ class Settings:
         default=600.0,
         metadata={"help": "the most seconds X-Request-Timeout may ask for (larger is capped)"},
     )
+    inference_timeout: float = dataclasses.field(
+        default=60.0,
+        metadata={
+            "help": "seconds one batch may run before its inference thread is declared hung: "
+            "the engine reports unhealthy, fails queued requests and replaces the thread "
+            "and its model (0: only dead threads are replaced)"
+        },
+    )
     max_stream_inputs: int = dataclasses.field(
         default=100_000,
         metadata={"help": "most inputs one POST /embed_stream request may carry"},
@@ -175,6 +183,8 @@ class Settings:
             raise SettingsError(
                 "request_timeout must not be negative and max_request_timeout must be positive"
             )
+        if self.inference_timeout < 0:
+            raise SettingsError("inference_timeout must not be negative (0: no limit)")
         if self.max_stream_inputs < 1:
             raise SettingsError(
                 f"max_stream_inputs must be at least 1, got {self.max_stream_inputs}"

@@ -11,12 +11,21 @@ A request's inputs may be spread over several batches; each row is written
 at its own index, so outputs come back in the request's order and never mix
 with another request's. A request whose caller goes away is removed from the
 queue at once; if a batch holding it is already waiting, the worker skips it.
+
+Faults stay as small as they can. A batch the backend fails on is split in
+two and each half retried ahead of the queue, down to the single input that
+fails (a poisoned input fails only its own request). A watchdog finds
+inference threads that died or hang: the engine reports unhealthy, fails
+what was queued at once (rather than letting it wait on a model that may
+never answer) and refuses new work until the thread and its model are
+replaced.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import time
 from collections import deque
@@ -34,6 +43,7 @@ from embedloom.config import Settings
 from embedloom.errors import (
     BackendError,
     DeadlineExceeded,
+    EmbedloomError,
     InputTooLong,
     InvalidInput,
     Overloaded,
@@ -45,6 +55,7 @@ from embedloom.scope import PRIORITIES, Priority, current_scope
 from embedloom.sharing import (
     InferenceWorker,
     SharingPlan,
+    ThreadFault,
     WorkerStatistics,
     build_worker,
     plan_sharing,
@@ -73,6 +84,10 @@ _RETRY_AFTER_RANGE = (1.0, 60.0)
 # room for high. A request larger than its class's share is still admitted into
 # an engine holding nothing else.
 _CLASS_SHARE: dict[Priority, float] = {"high": 1.0, "normal": 0.9, "low": 0.5}
+
+# How often the watchdog looks at the inference threads, at most; a shorter hang
+# limit is checked four times per limit.
+_WATCHDOG_INTERVAL = 1.0
 
 _Vectors = npt.NDArray[np.float32]
 # Without a plan: one inference thread, the backend's own thread settings.
@@ -127,6 +142,8 @@ class EngineStatistics:
     requests_rejected: int
     requests_cancelled: int
     requests_expired: int
+    batches_split: int
+    inference_restarts: int
     inputs_embedded: int
     inputs_dropped: int
     batches_run: int
@@ -241,6 +258,10 @@ class _Job:
         self._clock = clock
         self.taken: list[_QueuedInput] = []
         self.skipped: list[_QueuedInput] = []
+        # Loop-side bookkeeping: the outcome arrived, or the engine gave up on the
+        # thread running it (a late outcome is then ignored).
+        self.finished = False
+        self.abandoned = False
         self._loop = loop
         self._on_done = on_done
 
@@ -313,6 +334,13 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._backend: Backend | None = None
         self._queue: deque[_QueuedInput] = deque()
+        # Halves of failed batches, run before anything new is planned.
+        self._retries: deque[list[_QueuedInput]] = deque()
+        self._jobs: dict[int, _Job] = {}
+        # Inference threads being replaced → why; the engine is unhealthy meanwhile.
+        self._recovering: dict[int, str] = {}
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._serving = asyncio.Event()  # running, with every inference thread in place
         self._admitted = 0
         self._jobs_outstanding = 0
         self._next_batch_id = 0
@@ -327,6 +355,8 @@ class Engine:
                 "requests_rejected",
                 "requests_cancelled",
                 "requests_expired",
+                "batches_split",
+                "inference_restarts",
                 "inputs_embedded",
                 "inputs_dropped",
                 "batches_run",
@@ -401,7 +431,18 @@ class Engine:
 
     @property
     def healthy(self) -> bool:
-        return self._state is EngineState.RUNNING and self._worker.statistics().alive
+        return self.unhealthy_reason is None
+
+    @property
+    def unhealthy_reason(self) -> str | None:
+        """Why the engine cannot serve now (None while it can)."""
+        if self._state is not EngineState.RUNNING:
+            return f"the engine is {self._state.value}"
+        if self._recovering:
+            return "; ".join(self._recovering.values())
+        if not self._worker.statistics().alive:
+            return "an inference thread is not running"
+        return None
 
     @property
     def model_info(self) -> ModelInfo:
@@ -438,6 +479,13 @@ class Engine:
         self._state = EngineState.RUNNING
         # The first call allocates the model's working memory; pay for it now.
         await self.embed(["warm up"], truncate=True)
+        self._serving.set()
+        self._schedule_watchdog()
+
+    async def wait_until_serving(self) -> None:
+        """Return once the engine is running with every inference thread in place:
+        at once normally; after a restart of a dead or hung thread, when it is back."""
+        await self._serving.wait()
 
     def begin_drain(self) -> None:
         """Stop admitting new work; admitted work continues. Safe to call repeatedly."""
@@ -459,9 +507,10 @@ class Engine:
             async with asyncio.timeout(grace):
                 await self.drain()
         except TimeoutError:
-            for request in {id(q.request): q.request for q in self._queue}.values():
-                self._fail(request, Unavailable("the engine closed before this request ran"))
+            self._fail_waiting(Unavailable("the engine closed before this request ran"))
         self._state = EngineState.CLOSED
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         await self._offload(self._worker.close, grace)
 
     async def __aenter__(self) -> Self:
@@ -498,6 +547,8 @@ class Engine:
         """
         if self._state is not EngineState.RUNNING:
             raise Unavailable(f"the engine is {self._state.value}, not accepting requests")
+        if self._recovering:
+            raise Unavailable(f"the model is restarting ({self.unhealthy_reason}); retry shortly")
         backend = self._require_backend()
         texts = _validated_texts(texts)
         width = _validated_dimensions(dimensions, backend.dimensions)
@@ -659,6 +710,8 @@ class Engine:
     def _dispatch(self) -> None:
         """Hand batches to the worker while it has room and the planner says go."""
         assert self._loop is not None
+        while self._retries and self._jobs_outstanding < self._worker.capacity:
+            self._submit(self._retries.popleft())
         while self._queue and self._jobs_outstanding < self._worker.capacity:
             idle = self._jobs_outstanding < self._worker.parallelism
             plan = plan_batch(self._queue, self._policy, model_idle=idle, now=self._clock())
@@ -675,12 +728,17 @@ class Engine:
             now = self._clock()
             for item in items:
                 self._queue_seconds.observe(now - item.enqueued_at)
-            self._next_batch_id += 1
             if tracing.enabled():
                 self._trace_queue_wait(items)
-            job = _Job(self._next_batch_id, items, self._loop, self._on_job_done, self._clock)
-            self._jobs_outstanding += 1
-            self._worker.submit(job)
+            self._submit(items)
+
+    def _submit(self, items: list[_QueuedInput]) -> None:
+        assert self._loop is not None
+        self._next_batch_id += 1
+        job = _Job(self._next_batch_id, items, self._loop, self._on_job_done, self._clock)
+        self._jobs[job.batch_id] = job
+        self._jobs_outstanding += 1
+        self._worker.submit(job)
 
     def _take(self, positions: Sequence[int]) -> list[_QueuedInput]:
         """Remove the inputs at ``positions`` (ascending) from the front of the queue."""
@@ -696,6 +754,10 @@ class Engine:
         error: BaseException | None,
         seconds: float,
     ) -> None:
+        if job.abandoned:
+            return  # its thread was given up on and its requests already failed
+        job.finished = True
+        del self._jobs[job.batch_id]
         self._jobs_outstanding -= 1
         taken = job.taken
         self._counts["inputs_dropped"] += len(job.skipped)
@@ -705,12 +767,29 @@ class Engine:
                 self._expire(item.request)
         if taken:
             self._record_batch(taken, seconds)
-        if error is not None:
-            failure = BackendError(f"the model failed on a batch: {error}")
+        if error is not None and len(taken) > 1:
+            # One bad input must not fail its neighbours: retry each half, ahead
+            # of the queue, until the input that fails is alone.
+            self._counts["batches_split"] += 1
+            half = len(taken) // 2
+            self._retries.extendleft((taken[half:], taken[:half]))
+            logger.warning(
+                "batch %d failed (%s); retrying its %d inputs in two halves",
+                job.batch_id,
+                type(error).__name__,
+                len(taken),
+            )
+        elif error is not None:
+            (item,) = taken
+            # The message goes to the client: the exception's type, never its text
+            # (which may hold paths); the log has the whole traceback.
+            failure = BackendError(
+                f"the model failed on input {item.index} of this request "
+                f"({type(error).__name__}); other inputs batched with it were not affected"
+            )
             failure.__cause__ = error
-            for item in taken:
-                self._release(item.request, 1)
-                self._fail(item.request, failure)
+            self._release(item.request, 1)
+            self._fail(item.request, failure)
         elif taken:
             assert vectors is not None
             for row, item in enumerate(taken):
@@ -800,8 +879,74 @@ class Engine:
         if before:
             self._queue = deque(q for q in self._queue if q.request is not request)
         removed = before - len(self._queue)
+        if self._retries:
+            kept = [[q for q in part if q.request is not request] for part in self._retries]
+            removed += sum(map(len, self._retries)) - sum(map(len, kept))
+            self._retries = deque(part for part in kept if part)
         self._release(request, removed)
         return removed
+
+    def _fail_waiting(self, error: EmbedloomError) -> None:
+        """Fail every request with inputs queued or waiting for a retry."""
+        waiting = [q.request for q in self._queue]
+        waiting += [q.request for part in self._retries for q in part]
+        for request in {id(r): r for r in waiting}.values():
+            self._fail(request, error)
+
+    # -- the watchdog ----------------------------------------------------------------
+
+    def _schedule_watchdog(self) -> None:
+        assert self._loop is not None
+        limit = self._settings.inference_timeout
+        interval = min(_WATCHDOG_INTERVAL, limit / 4) if limit else _WATCHDOG_INTERVAL
+        self._watchdog = self._loop.call_later(interval, self._watch)
+
+    def _watch(self) -> None:
+        if self._state is EngineState.CLOSED:
+            return
+        faults = self._worker.find_faults(self._settings.inference_timeout or None)
+        if faults:
+            self._on_faults(faults)
+        self._schedule_watchdog()
+
+    def _on_faults(self, faults: list[ThreadFault]) -> None:
+        """Give up on dead or hung inference threads: fail what they held and what is
+        queued, and replace them; the engine is unhealthy until they are back."""
+        assert self._loop is not None
+        for fault in faults:
+            reason = fault.describe()
+            logger.error("%s; replacing it and its model", reason)
+            self._counts["inference_restarts"] += 1
+            self._recovering[fault.thread] = f"{reason}; restarting it"
+            self._serving.clear()
+            job = self._jobs.pop(fault.job.batch_id, None) if isinstance(fault.job, _Job) else None
+            if job is not None and not job.finished:
+                job.abandoned = True
+                self._jobs_outstanding -= 1
+                failure = BackendError(
+                    f"the model stopped answering ({reason}) while running this request"
+                )
+                for item in job.items:
+                    self._release(item.request, 1)
+                    self._fail(item.request, failure)
+            restarted = asyncio.wrap_future(self._worker.restart(fault.thread), loop=self._loop)
+            restarted.add_done_callback(functools.partial(self._on_restarted, fault.thread))
+        self._fail_waiting(
+            Unavailable(f"the model is restarting ({self.unhealthy_reason}); retry shortly")
+        )
+
+    def _on_restarted(self, thread: int, restarted: asyncio.Future[Backend]) -> None:
+        error = restarted.exception()
+        if error is not None:
+            # Still unhealthy; the watchdog finds the dead slot and tries again.
+            logger.error("inference thread %d failed to restart: %s", thread, error)
+            self._recovering[thread] = f"inference thread {thread} failed to restart"
+            return
+        self._recovering.pop(thread, None)
+        logger.info("inference thread %d restarted with a fresh model", thread)
+        if not self._recovering:
+            self._serving.set()
+            self._dispatch()
 
     def _release(self, request: _Request, count: int) -> None:
         if count <= 0:

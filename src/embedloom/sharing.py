@@ -57,6 +57,7 @@ __all__ = [
     "BatchSpan",
     "InferenceWorker",
     "SharingPlan",
+    "ThreadFault",
     "ThreadedWorker",
     "WorkerStatistics",
     "build_worker",
@@ -193,6 +194,26 @@ class BatchSpan:
 
 
 @dataclass(frozen=True, slots=True)
+class ThreadFault:
+    """An inference thread found dead, or running one batch for too long.
+
+    The worker has already given up on the thread: its slot is empty and the
+    thread, if it ever returns, exits without reporting. ``job`` is the batch it
+    held (None if it held none); its outcome will never be reported.
+    """
+
+    thread: int
+    kind: Literal["died", "hung"]
+    job: BatchJob | None
+    seconds: float  # how long the job had been held when the fault was found
+
+    def describe(self) -> str:
+        if self.kind == "died":
+            return f"inference thread {self.thread} died"
+        return f"inference thread {self.thread} hung: one batch ran {self.seconds:.1f}s"
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerStatistics:
     strategy: str
     replicas: int
@@ -202,6 +223,7 @@ class WorkerStatistics:
     batches_run: int
     busy: int  # inference threads running a batch now
     alive: bool
+    restarts: int  # inference threads replaced after dying or hanging
     recent_batches: tuple[BatchSpan, ...]
 
 
@@ -224,6 +246,16 @@ class InferenceWorker(Protocol):
 
     def submit(self, job: BatchJob) -> None: ...
 
+    def find_faults(self, hang_after: float | None) -> list[ThreadFault]:
+        """Give up on threads that died, or that have held one job longer than
+        ``hang_after`` seconds (None: only dead ones)."""
+        ...
+
+    def restart(self, thread: int) -> concurrent.futures.Future[Backend]:
+        """Start a fresh thread (and model) in a slot given up by ``find_faults``;
+        the future resolves once its model is loaded."""
+        ...
+
     def close(self, timeout: float | None = None) -> None: ...
 
     def statistics(self) -> WorkerStatistics: ...
@@ -237,6 +269,12 @@ class ThreadedWorker:
     batch always goes to an idle replica; the engine never submits more than
     ``capacity`` unfinished jobs (one waiting per thread beyond the running
     ones), so the hand-off stays bounded.
+
+    Each slot has a generation. ``find_faults`` gives up on a dead or hung
+    thread by moving its slot to the next generation; ``restart`` puts a new
+    thread there. A Python thread cannot be killed, so a hung one is abandoned:
+    if it ever returns it sees its generation is stale and exits without
+    reporting or taking another job.
     """
 
     def __init__(
@@ -266,6 +304,12 @@ class ThreadedWorker:
         self._loaded = 0
         self._reported: list[int] = [0] * threads
         self._threads: list[threading.Thread] = []
+        self._generations = [0] * threads
+        # The job each slot holds now and since when (held from taking it off the
+        # hand-off queue: in ``locked`` a thread waiting for the lock holds one too).
+        self._held: list[tuple[BatchJob, float] | None] = [None] * threads
+        self._closing = False
+        self._restarts = 0
         self._batches_run = 0
         self._busy = 0
         self._spans: deque[BatchSpan] = deque(maxlen=_RECENT_SPANS)
@@ -274,19 +318,65 @@ class ThreadedWorker:
         if self._threads:
             raise RuntimeError("worker already started")
         self._threads = [
-            start_thread(
-                functools.partial(self._run, index), name=f"embedloom-{self._strategy}-{index}"
-            )
-            for index in range(self._thread_count)
+            self._start_slot(index, self._ready) for index in range(self._thread_count)
         ]
         return self._ready
+
+    def _start_slot(
+        self,
+        index: int,
+        loaded: concurrent.futures.Future[Backend],
+    ) -> threading.Thread:
+        generation = self._generations[index]
+        return start_thread(
+            functools.partial(self._run, index, generation, loaded),
+            name=f"embedloom-{self._strategy}-{index}",
+        )
 
     def submit(self, job: BatchJob) -> None:
         if not self._threads or not any(t.is_alive() for t in self._threads):
             raise RuntimeError("worker is not running")
         self._jobs.put(job)
 
+    def find_faults(self, hang_after: float | None) -> list[ThreadFault]:
+        now = self._clock()
+        faults = []
+        with self._state_lock:
+            if self._closing or not self._ready.done():
+                return []
+            for index, thread in enumerate(self._threads):
+                held = self._held[index]
+                seconds = now - held[1] if held else 0.0
+                if not thread.is_alive():
+                    kind: Literal["died", "hung"] = "died"
+                elif held is not None and hang_after is not None and seconds > hang_after:
+                    kind = "hung"
+                else:
+                    continue
+                self._generations[index] += 1
+                self._held[index] = None
+                if self._shared_model:
+                    # The hung thread may hold the model and its lock forever: the
+                    # new generation gets a model and a lock of its own.
+                    self._shared = None
+                    self._model_lock = threading.Lock()
+                faults.append(ThreadFault(index, kind, held[0] if held else None, seconds))
+        return faults
+
+    def restart(self, thread: int) -> concurrent.futures.Future[Backend]:
+        loaded: concurrent.futures.Future[Backend] = concurrent.futures.Future()
+        with self._state_lock:
+            if self._closing:
+                loaded.set_exception(RuntimeError("the worker is closing"))
+                return loaded
+            self._restarts += 1
+            self._reported[thread] = 0
+            self._threads[thread] = self._start_slot(thread, loaded)
+        return loaded
+
     def close(self, timeout: float | None = None) -> None:
+        with self._state_lock:
+            self._closing = True
         for _ in self._threads:
             self._jobs.put(None)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -304,43 +394,69 @@ class ThreadedWorker:
                 batches_run=self._batches_run,
                 busy=self._busy,
                 alive=bool(self._threads) and all(t.is_alive() for t in self._threads),
+                restarts=self._restarts,
                 recent_batches=tuple(self._spans),
             )
 
     def _load(self) -> Backend:
         if not self._shared_model:
             return self._factory()
-        with self._model_lock:
+        lock = self._model_lock
+        with lock:
             if self._shared is None:
                 self._shared = self._factory()
             return self._shared
 
-    def _run(self, index: int) -> None:
+    def _current(self, index: int, generation: int) -> bool:
+        return self._generations[index] == generation
+
+    def _run(
+        self,
+        index: int,
+        generation: int,
+        loaded: concurrent.futures.Future[Backend],
+    ) -> None:
         try:
             backend = self._load()
             reported = backend.compute_threads()
         except BaseException as exc:
             with self._state_lock:
-                if not self._ready.done():
-                    self._ready.set_exception(exc)
+                if not loaded.done():
+                    loaded.set_exception(exc)
             return
         with self._state_lock:
-            self._loaded += 1
             self._reported[index] = reported
-            if self._loaded == self._thread_count and not self._ready.done():
-                self._ready.set_result(backend)
+            if loaded is self._ready:
+                self._loaded += 1
+                if self._loaded == self._thread_count and not self._ready.done():
+                    self._ready.set_result(backend)
+            elif not loaded.done():
+                loaded.set_result(backend)
         while True:
             job = self._jobs.get()
-            if job is None:
-                return
+            with self._state_lock:
+                if not self._current(index, generation):
+                    if job is not None:
+                        self._jobs.put(job)  # for a thread of the current generation
+                    return
+                if job is None:
+                    return
+                self._held[index] = (job, self._clock())
             if self._shared_model:
-                with self._model_lock:
-                    self._run_job(index, backend, job)
+                lock = self._model_lock
+                with lock:
+                    self._run_job(index, generation, backend, job)
             else:
-                self._run_job(index, backend, job)
+                self._run_job(index, generation, backend, job)
+            with self._state_lock:
+                if not self._current(index, generation):
+                    return  # given up on while running: the slot has a new thread
+                self._held[index] = None
 
-    def _run_job(self, index: int, backend: Backend, job: BatchJob) -> None:
+    def _run_job(self, index: int, generation: int, backend: Backend, job: BatchJob) -> None:
         with self._state_lock:
+            if not self._current(index, generation):
+                return  # given up on while waiting for the lock
             self._busy += 1
         started = self._clock()
         inputs: Sequence[TokenizedInput] = ()
@@ -353,9 +469,17 @@ class ThreadedWorker:
                         vectors = backend.embed(inputs) if inputs else None
                 except Exception as exc:
                     logger.exception("batch %d failed in the backend", job.batch_id)
-                    job.complete(None, exc, self._clock() - started)
+                    outcome: tuple[npt.NDArray[np.float32] | None, BaseException | None] = (
+                        None,
+                        exc,
+                    )
                 else:
-                    job.complete(vectors, None, self._clock() - started)
+                    outcome = (vectors, None)
+            with self._state_lock:
+                # A thread given up on reports nothing: its job was already failed.
+                report = self._current(index, generation)
+            if report:
+                job.complete(*outcome, self._clock() - started)
         finally:
             finished = self._clock()
             with self._state_lock:

@@ -188,6 +188,18 @@ def _engine_counters(stats: EngineStatistics) -> Iterable[tuple[str, str, str, f
             stats.inputs_dropped,
         ),
         ("embedloom_batches", "batches run by the model", "", stats.batches_run),
+        (
+            "embedloom_batches_split",
+            "failed batches split in two and retried, to isolate a bad input",
+            "",
+            stats.batches_split,
+        ),
+        (
+            "embedloom_inference_restarts",
+            "inference threads replaced after dying or hanging",
+            "",
+            stats.inference_restarts,
+        ),
         ("embedloom_input_tokens", "tokens of all inputs", "", stats.input_tokens),
         ("embedloom_padded_tokens", "tokens run, padding included", "", stats.padded_tokens),
     )

@@ -20,9 +20,9 @@ router = APIRouter()
 
 @router.get("/health", summary="200 while the model answers, 503 otherwise")
 async def health(request: Request) -> dict[str, str]:
-    engine = server_state(request).engine
-    if not engine.healthy:
-        raise Unavailable(f"the engine is {engine.state.value}")
+    reason = server_state(request).engine.unhealthy_reason
+    if reason is not None:
+        raise Unavailable(reason)
     return {"status": "ok"}
 
 

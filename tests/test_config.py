@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from embedloom.config import Settings, SettingsError, setting_specs
@@ -66,3 +68,48 @@ def test_every_setting_has_a_flag_an_env_var_and_help() -> None:
         assert spec.flag == "--" + spec.name.replace("_", "-")
         assert spec.env_var == "EMBEDLOOM_" + spec.name.upper()
         assert spec.help
+
+
+def test_api_keys_repeat_as_flags_and_split_as_a_variable() -> None:
+    from embedloom.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--api-key", "k1", "--api-key", "k2"])
+    assert Settings.from_env({}, api_key=args.api_key).api_key == ("k1", "k2")
+    assert Settings.from_env({"EMBEDLOOM_API_KEY": "k1, k2"}).api_key == ("k1", "k2")
+    assert "k1" not in repr(Settings(api_key=("k1",))), "keys stay out of reprs and logs"
+    with pytest.raises(SettingsError, match="api_key"):
+        Settings(api_key=("",))
+
+
+def test_a_key_file_adds_keys_and_an_unreadable_one_is_refused(tmp_path: Path) -> None:
+    from embedloom.server.guard import load_api_keys
+
+    keys = tmp_path / "keys"
+    keys.write_text("# rotated monthly\nfile-key\n\n")
+    assert load_api_keys(Settings(api_key=("flag-key",), api_key_file=str(keys))) == (
+        b"flag-key",
+        b"file-key",
+    )
+    with pytest.raises(SettingsError, match="cannot read"):
+        load_api_keys(Settings(api_key_file=str(keys) + ".missing"))
+
+
+@pytest.mark.parametrize(
+    ("host", "keys", "warned"),
+    [
+        ("127.0.0.1", (), False),
+        ("::1", (), False),
+        ("localhost", (), False),
+        ("0.0.0.0", (), True),
+        ("192.168.1.20", (), True),
+        ("0.0.0.0", ("k",), False),
+    ],
+)
+def test_a_public_bind_without_a_key_is_warned_about(
+    caplog: pytest.LogCaptureFixture, host: str, keys: tuple[str, ...], warned: bool
+) -> None:
+    from embedloom.server.guard import warn_if_exposed
+
+    with caplog.at_level("WARNING"):
+        warn_if_exposed(Settings(host=host, api_key=keys))
+    assert ("without an API key" in caplog.text) is warned

@@ -113,6 +113,16 @@ def _add_setting(parser: argparse.ArgumentParser, spec: SettingSpec) -> None:
             help=help_text,
         )
         return
+    if spec.kind is tuple:
+        parser.add_argument(
+            spec.flag,
+            dest=spec.name,
+            action="append",
+            default=None,
+            help=f"{spec.help} (env {spec.env_var})",
+            metavar="VALUE",
+        )
+        return
     parser.add_argument(
         spec.flag,
         dest=spec.name,
@@ -231,6 +241,10 @@ def _serve(settings: Settings) -> int:
 
     configure_logging(settings.log_level, settings.log_format)
     try:
+        from embedloom.server.guard import load_api_keys, warn_if_exposed
+
+        load_api_keys(settings)  # an unreadable key file fails here, not in N workers
+        warn_if_exposed(settings)
         if settings.workers > 1 or settings.preload:
             from embedloom.server.workers import serve_workers
 

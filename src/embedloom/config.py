@@ -153,6 +153,29 @@ class Settings:
             "(OTEL_EXPORTER_OTLP_* variables; needs the 'tracing' extra)"
         },
     )
+    api_key: tuple[str, ...] = dataclasses.field(
+        default=(),
+        repr=False,
+        metadata={
+            "help": "require 'Authorization: Bearer KEY' on every route but /health; "
+            "repeat the flag for several keys (env: comma-separated)"
+        },
+    )
+    api_key_file: str = dataclasses.field(
+        default="", metadata={"help": "a file of API keys, one per line (with --api-key too)"}
+    )
+    max_body_bytes: int = dataclasses.field(
+        default=8 * 1024 * 1024,
+        metadata={"help": "largest request body; larger ones get 413 before they are read"},
+    )
+    body_timeout: float = dataclasses.field(
+        default=30.0,
+        metadata={"help": "seconds a client may take to send its whole request body (408)"},
+    )
+    max_connections: int = dataclasses.field(
+        default=1024,
+        metadata={"help": "open connections per process; past it uvicorn answers 503 at once"},
+    )
     graceful_shutdown_seconds: float = dataclasses.field(
         default=30.0,
         metadata={"help": "on SIGTERM, how long admitted requests may take to finish"},
@@ -189,6 +212,14 @@ class Settings:
             raise SettingsError(
                 f"max_stream_inputs must be at least 1, got {self.max_stream_inputs}"
             )
+        # Flags and environment give lists; keep the frozen object hashable.
+        object.__setattr__(self, "api_key", tuple(self.api_key))
+        if any(not key or key != key.strip() for key in self.api_key):
+            raise SettingsError("api_key: keys must be non-empty, without surrounding spaces")
+        if self.max_body_bytes < 1 or self.max_connections < 1:
+            raise SettingsError("max_body_bytes and max_connections must be at least 1")
+        if self.body_timeout < 0:
+            raise SettingsError("body_timeout must not be negative (0: no limit)")
         if self.graceful_shutdown_seconds < 0:
             raise SettingsError("graceful_shutdown_seconds must not be negative")
 
@@ -235,6 +266,8 @@ class SettingSpec:
     def parse(self, raw: str) -> Any:
         """Convert a flag or environment string; raise ``SettingsError`` naming the setting."""
         text = raw.strip()
+        if self.kind is tuple:
+            return tuple(part.strip() for part in text.split(",") if part.strip())
         if self.kind is bool:
             lowered = text.lower()
             if _is_true(lowered):
@@ -268,6 +301,8 @@ def setting_specs() -> list[SettingSpec]:
         if get_origin(hint) is Literal:
             choices = tuple(str(a) for a in get_args(hint))
             kind = str
+        elif get_origin(hint) is tuple:
+            kind = tuple  # of strings: a repeatable flag, a comma-separated variable
         else:
             kind = hint
         specs.append(SettingSpec(f.name, kind, choices, f.default, str(f.metadata["help"])))

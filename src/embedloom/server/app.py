@@ -20,6 +20,7 @@ from embedloom.engine import Engine, EngineState
 from embedloom.errors import EmbedloomError
 from embedloom.server import openai, ops, stream, tei
 from embedloom.server.errors import error_response, response_for
+from embedloom.server.guard import RequestGuard, load_api_keys
 from embedloom.server.metrics import ServerMetrics
 from embedloom.server.middleware import RequestContextMiddleware
 from embedloom.server.state import ClientDisconnected, ServerState
@@ -74,6 +75,9 @@ def create_app(
     app.include_router(stream.router)
     app.include_router(ops.router)
     _install_error_handlers(app)
+    # Added last is outermost: the request context wraps the guard, so refusals
+    # are logged and counted with a request id like every other answer.
+    app.add_middleware(RequestGuard, settings=settings, api_keys=load_api_keys(settings))
     app.add_middleware(RequestContextMiddleware, metrics=metrics, settings=settings)
     return app
 

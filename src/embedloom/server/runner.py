@@ -20,6 +20,7 @@ import uvicorn
 from embedloom.config import Settings
 from embedloom.engine import Engine
 from embedloom.server.app import create_app
+from embedloom.server.guard import uvicorn_limits
 
 __all__ = ["serve"]
 
@@ -66,6 +67,7 @@ def serve(settings: Settings) -> None:
         access_log=False,  # the request middleware writes the access log, with request ids
         timeout_graceful_shutdown=math.ceil(settings.graceful_shutdown_seconds),
         server_header=False,
+        **uvicorn_limits(settings),  # type: ignore[arg-type]
     )
     server = _DrainingServer(config, engine)
     # uvicorn re-raises the stop signal once it has shut down gracefully; the

@@ -1,8 +1,9 @@
 """Request and response bodies of the embedding routes, and how bodies are parsed.
 
-Bodies are parsed as JSON whatever the Content-Type says: ``curl -d`` sends
-``application/x-www-form-urlencoded`` with a JSON body, and refusing that
-would only confuse. A body that is not JSON, or not the right shape, is an
+Bodies are JSON: ``guard.RequestGuard`` has refused other content types (415)
+and bodies over the size limit (413) before a route reads them; curl's
+default ``application/x-www-form-urlencoded`` for ``-d`` is let through and
+read as JSON. A body that is not JSON, or not the right shape, is an
 ``InvalidInput`` naming the field (422).
 """
 

@@ -54,6 +54,15 @@ class EmbedloomWorker(UvicornWorker):  # type: ignore[misc]
             _to_root(logging.getLogger(name))
 
 
+def _worker_class(settings: Settings) -> type[EmbedloomWorker]:
+    """The worker class with this server's transport limits (gunicorn takes a class,
+    and uvicorn-worker reads its uvicorn options from the class)."""
+    from embedloom.server.guard import uvicorn_limits
+
+    options = {**EmbedloomWorker.CONFIG_KWARGS, **uvicorn_limits(settings)}
+    return type("EmbedloomWorker", (EmbedloomWorker,), {"CONFIG_KWARGS": options})
+
+
 class _RootLogger(GunicornLogger):  # type: ignore[misc]
     """gunicorn's own messages through embedloom's logging, in the same format."""
 
@@ -146,7 +155,7 @@ class _Gunicorn:
         return {
             "bind": [f"{settings.host}:{settings.port}"],
             "workers": settings.workers,
-            "worker_class": EmbedloomWorker,
+            "worker_class": _worker_class(settings),
             "preload_app": settings.preload,
             # Loading a model takes seconds; the default 30 s heartbeat would kill
             # a worker that is still loading on a busy machine.

@@ -33,28 +33,40 @@ class Connection:
         self._writer: asyncio.StreamWriter | None = None
 
     async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        if self._writer is None:
-            self._reader, self._writer = await asyncio.open_connection(self._host, self._port)
+        return await self.request("POST", path, body)
+
+    async def request(
+        self, method: str, path: str, body: bytes = b"", *, close: bool = False
+    ) -> tuple[int, bytes]:
+        """One exchange; ``close`` asks the server to close the connection after it."""
+        await self.connect()
         assert self._reader is not None
+        assert self._writer is not None
         head = (
-            f"POST {path} HTTP/1.1\r\nHost: {self._host}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            f"{method} {path} HTTP/1.1\r\nHost: {self._host}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            + ("Connection: close\r\n" if close else "")
+            + "\r\n"
         ).encode()
         self._writer.write(head + body)
         status_line = await self._reader.readline()
         status = int(status_line.split()[1])
         length = 0
-        close = False
+        closing = close
         while (line := await self._reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.decode("latin-1").partition(":")
             if name.lower() == "content-length":
                 length = int(value)
             elif name.lower() == "connection" and value.strip().lower() == "close":
-                close = True
+                closing = True
         payload = await self._reader.readexactly(length)
-        if close:
+        if closing:
             await self.close()
         return status, payload
+
+    async def connect(self) -> None:
+        if self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection(self._host, self._port)
 
     async def close(self) -> None:
         if self._writer is not None:

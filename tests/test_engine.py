@@ -111,6 +111,28 @@ async def test_admission_bound_fails_fast_and_frees_on_completion() -> None:
     np.testing.assert_array_equal(result.vectors, expected(["ddd", "eee"]))
 
 
+@pytest.mark.parametrize("shape", ["one request of 8", "eight requests of 1"])
+async def test_admission_counts_inputs_not_requests(shape: str) -> None:
+    """Normal priority may fill 90% of a bound of 10: nine inputs (a high-priority one
+    running, eight normal ones), however the eight arrive."""
+    backend = FakeBackend(hold_batches=True)
+    async with running(backend, max_queued_inputs=10, max_batch_size=1) as engine:
+        blocker = asyncio.create_task(engine.embed(["blocker"], priority="high"))
+        await asyncio.to_thread(backend.wait_entered)
+        groups = (
+            [[f"t{i}" for i in range(8)]]
+            if shape == "one request of 9"
+            else [[f"t{i}"] for i in range(8)]
+        )
+        calls = [asyncio.create_task(engine.embed(group)) for group in groups]
+        await asyncio.sleep(0)  # tokenising is inline: each call is admitted in its first step
+        assert engine.statistics().admitted_inputs == 9
+        with pytest.raises(Overloaded):
+            await engine.embed(["one too many"])
+        backend.release(100)
+        await asyncio.gather(blocker, *calls)
+
+
 async def test_more_inputs_than_the_bound_can_never_be_admitted() -> None:
     async with running(FakeBackend(), max_queued_inputs=4, max_client_batch_size=2) as engine:
         with pytest.raises(TooManyInputs, match="5 inputs"):

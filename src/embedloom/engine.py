@@ -50,6 +50,7 @@ from embedloom.errors import (
     TooManyInputs,
     Unavailable,
 )
+from embedloom.memory import keep_native_memory_flat
 from embedloom.offload import run_in_thread
 from embedloom.scope import PRIORITIES, Priority, current_scope
 from embedloom.sharing import (
@@ -313,10 +314,13 @@ class Engine:
         worker: InferenceWorker | None = None,
         offload: Offload = run_in_thread,
         batch_per_request: bool = False,
+        tune_memory: bool = False,
     ) -> None:
         """``batch_per_request``: never mix requests in a batch, so a request's
         batches (and so its vectors, bit for bit) do not depend on what else was
-        queued; the batch job uses it to make runs reproducible."""
+        queued; the batch job uses it to make runs reproducible. ``tune_memory``:
+        on start, keep the process's native memory flat (``memory.py``)."""
+        self._tune_memory = tune_memory
         self._settings = settings or Settings()
         self._offload = offload
         self._sharing = sharing or _DEDICATED
@@ -413,6 +417,7 @@ class Engine:
             clock=clock,
             sharing=plan,
             batch_per_request=batch_per_request,
+            tune_memory=True,
         )
 
     @property
@@ -462,6 +467,10 @@ class Engine:
             raise RuntimeError(f"cannot start an engine that is {self._state.value}")
         self._state = EngineState.STARTING
         self._loop = asyncio.get_running_loop()
+        if self._tune_memory:
+            # Here, not when built: a pre-forking master builds the engine, and the
+            # trimming thread must start in each worker, after the fork.
+            keep_native_memory_flat()
         try:
             self._backend = await asyncio.wrap_future(self._worker.start())
         except BaseException as exc:

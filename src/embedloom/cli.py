@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (serve, doctor):
         for spec in setting_specs():
             _add_setting(command, spec)
+    _add_ray_flags(serve, "replica", default_cpus=1.0)
     embed = commands.add_parser(
         "embed",
         help="embed a file of texts into a Parquet or .npy file (bounded memory, resumable)",
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk-size", type=int, default=1024, help="rows per chunk (at least one batch)"
     )
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_ray_flags(embed, "actor", default_cpus=0.5)
     for spec in setting_specs():
         if spec.name in _ENGINE_SETTINGS:
             _add_setting(embed, spec)
@@ -82,6 +84,27 @@ def build_parser() -> argparse.ArgumentParser:
         for spec in store_specs:
             _add_setting(command, spec)
     return parser
+
+
+def _add_ray_flags(parser: argparse.ArgumentParser, unit: str, *, default_cpus: float) -> None:
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="auto",
+        metavar="ADDRESS",
+        help="run on a Ray cluster (needs the 'ray' extra): its address, or none to join "
+        "the cluster in RAY_ADDRESS or start a local one",
+    )
+    parser.add_argument(
+        f"--ray-{unit}s", type=int, default=2 if unit == "actor" else 1, help=f"with --ray: {unit}s"
+    )
+    parser.add_argument(
+        "--ray-cpus",
+        type=float,
+        default=default_cpus,
+        help=f"with --ray: CPUs each {unit} reserves (default {default_cpus:g}); its engine "
+        "runs on the whole part of it, at least one thread",
+    )
 
 
 # The settings the store commands take; the rest are the server's.
@@ -154,8 +177,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     if args.command == "doctor":
         return _doctor(settings)
+    if args.command == "embed" and args.ray:
+        return _embed_on_ray(settings, args)
     if args.command == "embed":
         return _embed(settings, args)
+    if args.command == "serve" and args.ray:
+        return _serve_on_ray(settings, args)
     if args.command == "pull":
         return _pull(settings, args.reference)
     if args.command == "models":
@@ -200,6 +227,47 @@ def _embed(settings: Settings, args: argparse.Namespace) -> int:
         print(f"embedloom: {exc}", file=sys.stderr)
         return 2
     print(summary.line())
+    return 0
+
+
+def _embed_on_ray(settings: Settings, args: argparse.Namespace) -> int:
+    from embedloom.distributed.jobs import run_ray_job
+    from embedloom.log import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        rows = run_ray_job(
+            args.input,
+            args.output,
+            address=None if args.ray == "auto" else args.ray,
+            column=args.column or args.field,
+            actors=args.ray_actors,
+            cpus_per_actor=args.ray_cpus,
+            overwrite=args.overwrite,
+            settings=settings,
+        )
+    except (EmbedloomError, SettingsError, ValueError, FileExistsError) as exc:
+        print(f"embedloom: {exc}", file=sys.stderr)
+        return 2
+    print(f"embedded {rows} rows into {args.output} on Ray")
+    return 0
+
+
+def _serve_on_ray(settings: Settings, args: argparse.Namespace) -> int:
+    from embedloom.distributed.jobs import serve_on_ray
+    from embedloom.log import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        serve_on_ray(
+            settings,
+            address=None if args.ray == "auto" else args.ray,
+            replicas=args.ray_replicas,
+            cpus_per_replica=args.ray_cpus,
+        )
+    except (EmbedloomError, SettingsError, ValueError) as exc:
+        print(f"embedloom: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

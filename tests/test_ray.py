@@ -1,0 +1,169 @@
+"""Scale-out on a real local Ray (2 CPUs, authentication off for the test cluster):
+Ray Data batch embedding, ``embedloom embed --ray``, and the Ray Serve app."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.ray, pytest.mark.model]
+
+ray = pytest.importorskip("ray", reason="the 'ray' extra is not installed")
+
+from tests.helpers import sample_texts  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """A local Ray of 2 CPUs for this module; its GCS address."""
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    context = ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}},
+    )
+    try:
+        yield str(context.address_info["gcs_address"])
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Iterator[Any]:
+    from embedloom import Embedder
+
+    with Embedder() as embedder:
+        yield embedder
+
+
+def test_embed_dataset_matches_the_embedder_in_vectors_and_order(
+    cluster: str, embedder: Any
+) -> None:
+    from embedloom.distributed import embed_dataset
+
+    texts = sample_texts(5000, seed=41, words=(3, 30))
+    ds = ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(texts)])
+    rows = embed_dataset(ds, column="text", actors=2, cpus_per_actor=0.5).take_all()
+    assert [row["id"] for row in rows] == list(range(5000)), "order and every row kept"
+    assert [row["text"] for row in rows] == texts, "other columns kept"
+    vectors = np.stack([row["embedding"] for row in rows])
+    # Ray's batches differ from the embedder's, so padding differs: equal to float noise.
+    np.testing.assert_allclose(vectors, embedder.embed(texts), atol=2e-6)
+
+
+def test_an_actor_pool_that_would_starve_the_readers_is_refused(cluster: str) -> None:
+    from embedloom.distributed import embed_dataset
+
+    ds = ray.data.from_items([{"text": "x"}])
+    with pytest.raises(ValueError, match="44687"):
+        embed_dataset(ds, actors=2, cpus_per_actor=1.0)
+    with pytest.raises(ValueError, match="no column 'body'"):
+        embed_dataset(ds, column="body")
+
+
+def test_embed_with_ray_writes_what_the_single_process_job_writes(
+    cluster: str, tmp_path: Path
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = sample_texts(600, seed=43)
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(600)], "text": texts}), source)
+    cli = str(Path(sys.executable).with_name("embedloom"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
+    single = tmp_path / "single.parquet"
+    subprocess.run(
+        [cli, "embed", str(source), "-o", str(single), "--column", "text", "--quiet"],
+        check=True,
+        env=env,
+        timeout=300,
+    )
+    on_ray = tmp_path / "on-ray"
+    done = subprocess.run(
+        [cli, "embed", str(source), "-o", str(on_ray), "--column", "text", "--ray", cluster],
+        check=True,
+        env=env,
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
+    assert "embedded 600 rows" in done.stdout
+    expected = pq.read_table(single)
+    parts = sorted(on_ray.glob("part-*.parquet"))
+    got = pa.concat_tables([pq.read_table(part) for part in parts]).to_pydict()
+    assert got["row"] == list(range(600))
+    assert got["text"] == texts
+    assert got["id"] == [f"r{i}" for i in range(600)]
+    np.testing.assert_allclose(
+        np.array(got["embedding"], dtype=np.float32),
+        np.array(expected.column("embedding").to_pylist(), dtype=np.float32),
+        atol=2e-6,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def serve_url(cluster: str) -> Iterator[str]:
+    from ray import serve
+
+    from embedloom.distributed import serve_app
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    app = serve_app(replicas=1, cpus_per_replica=1.0, max_ongoing_requests=8, max_queued_requests=8)
+    serve.run(app, name="embedloom")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+
+
+def test_ray_serve_answers_like_embedloom_serve(serve_url: str, reference_encode: Any) -> None:
+    texts = sample_texts(6, seed=45)
+    reference = reference_encode(texts)
+    with httpx.Client(base_url=serve_url, timeout=60) as client:
+        openai = client.post("/v1/embeddings", json={"input": texts})
+        tei = client.post("/embed", json={"inputs": texts})
+        bad = client.post("/v1/embeddings", json={"input": []})
+        health = client.get("/health")
+    assert openai.status_code == 200
+    vectors = np.array([item["embedding"] for item in openai.json()["data"]])
+    np.testing.assert_allclose(vectors, reference, atol=1e-5)
+    np.testing.assert_allclose(np.array(tei.json()), reference, atol=1e-5)
+    assert bad.status_code == 422
+    assert set(bad.json()["error"]) == {"message", "type", "param", "code"}
+    assert health.json() == {"status": "ok"}
+
+
+async def test_ray_serve_sheds_an_overload_burst(serve_url: str) -> None:
+    heavy = sample_texts(64, seed=47)
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+    async with httpx.AsyncClient(base_url=serve_url, timeout=120, limits=limits) as client:
+        replies = await asyncio.wait_for(
+            asyncio.gather(
+                *(client.post("/v1/embeddings", json={"input": heavy}) for _ in range(60))
+            ),
+            timeout=180,
+        )
+    statuses = [reply.status_code for reply in replies]
+    assert set(statuses) <= {200, 429, 503}, statuses
+    assert 200 in statuses
+    assert set(statuses) & {429, 503}, "some of the burst was shed"

@@ -85,6 +85,10 @@ def serve_workers(settings: Settings) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Loading the model imports pandas when it is installed (the ray extra brings
+    # it), and pandas imports pyarrow, whose jemalloc starts a background thread
+    # at import: a thread alive in the master at fork.
+    os.environ.setdefault("JE_ARROW_MALLOC_CONF", "background_thread:false")
     from embedloom.sharing import worker_budget
     from embedloom.store import ModelStore, resolve_model
     from embedloom.threads import usable_cores

@@ -237,3 +237,20 @@ async def test_a_poisoned_input_among_32_fails_alone_on_the_real_model(
     reference = reference_encode([t for t in texts if t != poison])
     np.testing.assert_allclose(np.stack(good), reference, atol=1e-5)
     assert stats.batches_split >= 1
+
+
+async def test_an_abandoned_thread_returning_late_leaves_the_stop_signals_to_live_ones() -> None:
+    """Closing after a restart ends every live thread, however late the abandoned one
+    returns and whatever it takes off the hand-off queue on its way out."""
+    backend = FakeBackend(hang_on="stuck")
+    engine = Engine(
+        lambda: backend, settings=Settings(inference_timeout=_HANG_LIMIT), offload=inline
+    )
+    await engine.start()
+    stuck = asyncio.create_task(engine.embed(["stuck"]))
+    with pytest.raises(BackendError, match="hung"):
+        await stuck
+    await asyncio.wait_for(engine.wait_until_serving(), 30)
+    backend.unhang()  # the abandoned thread returns now, during or before close
+    await asyncio.wait_for(engine.close(grace=5), 30)
+    assert not engine.statistics().worker.alive

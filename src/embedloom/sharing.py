@@ -436,8 +436,8 @@ class ThreadedWorker:
             job = self._jobs.get()
             with self._state_lock:
                 if not self._current(index, generation):
-                    if job is not None:
-                        self._jobs.put(job)  # for a thread of the current generation
+                    # A job, or a stop signal meant for a live thread: theirs, not ours.
+                    self._jobs.put(job)
                     return
                 if job is None:
                     return

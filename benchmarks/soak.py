@@ -30,13 +30,10 @@ import argparse
 import asyncio
 import json
 import os
-import queue
 import random
 import signal
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -45,39 +42,20 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import Connection
+from workers import Server as WorkersServer
 from workload import sentences
 
 ROOT = Path(__file__).resolve().parent.parent
-EMBEDLOOM = str(Path(sys.executable).with_name("embedloom"))
 SIZES = ((1, 0.7), (8, 0.2), (64, 0.1))
 ANSWERS = {200, 429, 503, 504}
 TEXTS = sentences(4096)
 
 
-class Server:
-    """``embedloom serve`` on a free port, ready when it logs where it serves."""
+class Server(WorkersServer):
+    """One ``embedloom serve`` process (``workers.Server`` with one worker), and its RSS."""
 
-    def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen(
-            [EMBEDLOOM, "serve", "--port", "0", "--log-format", "json", *args],
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, args=(lines,), daemon=True).start()
-        while True:
-            entry = json.loads(lines.get(timeout=300))
-            if entry.get("message", "").startswith("serving on "):
-                self.port = int(entry["message"].rsplit(":", 1)[1])
-                return
-
-    def _read(self, lines: queue.Queue[str]) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            if line.startswith("{"):
-                lines.put(line)
+    def __init__(self) -> None:
+        super().__init__(workers=1, preload=False)
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -85,10 +63,10 @@ class Server:
                 return int(line.split()[1]) / 1024
         return 0.0
 
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=120)
+    def stop(self) -> int:  # type: ignore[override]
+        """SIGTERM, wait; the exit code."""
+        super().stop()
+        return self.process.returncode
 
 
 @dataclass

@@ -340,13 +340,13 @@ class Engine:
         self._queue: deque[_QueuedInput] = deque()
         # Halves of failed batches, run before anything new is planned.
         self._retries: deque[list[_QueuedInput]] = deque()
+        # Batches handed to the worker and not yet finished (nor given up on).
         self._jobs: dict[int, _Job] = {}
         # Inference threads being replaced → why; the engine is unhealthy meanwhile.
         self._recovering: dict[int, str] = {}
         self._watchdog: asyncio.TimerHandle | None = None
         self._serving = asyncio.Event()  # running, with every inference thread in place
         self._admitted = 0
-        self._jobs_outstanding = 0
         self._next_batch_id = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -719,10 +719,10 @@ class Engine:
     def _dispatch(self) -> None:
         """Hand batches to the worker while it has room and the planner says go."""
         assert self._loop is not None
-        while self._retries and self._jobs_outstanding < self._worker.capacity:
+        while self._retries and len(self._jobs) < self._worker.capacity:
             self._submit(self._retries.popleft())
-        while self._queue and self._jobs_outstanding < self._worker.capacity:
-            idle = self._jobs_outstanding < self._worker.parallelism
+        while self._queue and len(self._jobs) < self._worker.capacity:
+            idle = len(self._jobs) < self._worker.parallelism
             plan = plan_batch(self._queue, self._policy, model_idle=idle, now=self._clock())
             if plan is None:
                 return
@@ -746,7 +746,6 @@ class Engine:
         self._next_batch_id += 1
         job = _Job(self._next_batch_id, items, self._loop, self._on_job_done, self._clock)
         self._jobs[job.batch_id] = job
-        self._jobs_outstanding += 1
         self._worker.submit(job)
 
     def _take(self, positions: Sequence[int]) -> list[_QueuedInput]:
@@ -767,7 +766,6 @@ class Engine:
             return  # its thread was given up on and its requests already failed
         job.finished = True
         del self._jobs[job.batch_id]
-        self._jobs_outstanding -= 1
         taken = job.taken
         self._counts["inputs_dropped"] += len(job.skipped)
         for item in job.skipped:
@@ -931,7 +929,6 @@ class Engine:
             job = self._jobs.pop(fault.job.batch_id, None) if isinstance(fault.job, _Job) else None
             if job is not None and not job.finished:
                 job.abandoned = True
-                self._jobs_outstanding -= 1
                 failure = BackendError(
                     f"the model stopped answering ({reason}) while running this request"
                 )
@@ -983,7 +980,7 @@ class Engine:
             queued_inputs=len(self._queue),
             admitted_inputs=self._admitted,
             max_queued_inputs=self._settings.max_queued_inputs,
-            running_batches=self._jobs_outstanding,
+            running_batches=len(self._jobs),
             batch_size=self._batch_size.snapshot(),
             batch_tokens=self._batch_tokens.snapshot(),
             input_length=self._input_length.snapshot(),
@@ -997,7 +994,7 @@ class Engine:
         return (
             f"<Engine {self._model_id} state={self._state.value} queued={len(self._queue)} "
             f"admitted={self._admitted}/{self._settings.max_queued_inputs} "
-            f"running_batches={self._jobs_outstanding}>"
+            f"running_batches={len(self._jobs)}>"
         )
 
 

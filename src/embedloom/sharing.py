@@ -460,33 +460,30 @@ class ThreadedWorker:
             self._busy += 1
         started = self._clock()
         inputs: Sequence[TokenizedInput] = ()
+        outcome: tuple[npt.NDArray[np.float32] | None, BaseException | None] | None = None
         try:
             inputs = job.take_inputs()
             with batch_scope(job.batch_id, job.request_ids()):
                 try:
                     logger.debug("running batch %d: %d inputs", job.batch_id, len(inputs))
                     with tracing.batch_span(job.batch_id, len(inputs), job.span_links()):
-                        vectors = backend.embed(inputs) if inputs else None
+                        outcome = (backend.embed(inputs) if inputs else None, None)
                 except Exception as exc:
                     logger.exception("batch %d failed in the backend", job.batch_id)
-                    outcome: tuple[npt.NDArray[np.float32] | None, BaseException | None] = (
-                        None,
-                        exc,
-                    )
-                else:
-                    outcome = (vectors, None)
-            with self._state_lock:
-                # A thread given up on reports nothing: its job was already failed.
-                report = self._current(index, generation)
-            if report:
-                job.complete(*outcome, self._clock() - started)
+                    outcome = (None, exc)
         finally:
+            # The statistics count the batch before anyone hears of its outcome.
             finished = self._clock()
             with self._state_lock:
                 self._busy -= 1
                 self._batches_run += 1
                 if inputs:
                     self._spans.append(BatchSpan(index, started, finished, len(inputs)))
+                # A thread given up on reports nothing: its job was already failed.
+                report = self._current(index, generation)
+        if report and outcome is not None:
+            vectors, error = outcome
+            job.complete(vectors, error, finished - started)
 
     def __repr__(self) -> str:
         stats = self.statistics()

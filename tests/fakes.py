@@ -28,6 +28,7 @@ class ThreadKiller(BaseException):
 
 class FakeBackend:
     name = "fake"
+    dtype = "fp32"
 
     def __init__(
         self,

@@ -40,6 +40,11 @@ class Backend(Protocol):
         ...
 
     @property
+    def dtype(self) -> str:
+        """The arithmetic the model runs in: 'fp32', 'bf16', 'fp16' or 'int8'."""
+        ...
+
+    @property
     def max_input_tokens(self) -> int:
         """Longest input, in tokens, the model takes."""
         ...

@@ -19,14 +19,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-from tokenizers import Tokenizer
 
 from embedloom.backends.base import TokenizedInput
+from embedloom.backends.text import TextEncoder
 from embedloom.errors import BackendError
 
-__all__ = ["TorchBackend", "cuda_device_count"]
+__all__ = ["TORCH_DTYPES", "TorchBackend", "cuda_device_count"]
 
 logger = logging.getLogger(__name__)
+
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TorchBackend:
@@ -40,18 +42,21 @@ class TorchBackend:
         *,
         device: str | None = None,
         threads: int = 0,
+        dtype: str = "fp32",
         preloaded: PreloadedModel | None = None,
     ) -> None:
-        """Load the model, or adopt ``preloaded`` (loaded before a fork, shared
-        copy-on-write). ``threads`` > 0 sizes torch's intra-op pool of the calling
-        thread (the inference thread that will own this backend): see ``sharing``."""
+        """Load the model in ``dtype`` (fp32, bf16, fp16), or adopt ``preloaded``
+        (loaded before a fork, shared copy-on-write). ``threads`` > 0 sizes torch's
+        intra-op pool of the calling thread (the inference thread that will own
+        this backend): see ``sharing``."""
         if threads > 0:
             torch.set_num_threads(threads)
         _single_interop_thread()
         if preloaded is None:
-            preloaded = PreloadedModel.load(model_dir, device=device)
+            preloaded = PreloadedModel.load(model_dir, device=device, dtype=dtype)
         model = preloaded.model
         self._device = preloaded.device
+        self.dtype = preloaded.dtype
         model.eval()
         self._model = model
         modules = list(model.children())
@@ -72,15 +77,13 @@ class TorchBackend:
         self._dimensions = int(dims)
 
         hf_tokenizer = model.tokenizer
-        # Our own copy of the Rust tokenizer, configured once and never changed:
-        # encoding through it from several threads is then safe (mutating its
-        # settings while another thread encodes is what raises "Already borrowed").
-        self._tokenizer = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
-        self._tokenizer.no_padding()
-        self._tokenizer.enable_truncation(max_length=self._max_tokens)
         pad_id = hf_tokenizer.pad_token_id
-        self._pad_id = int(pad_id) if pad_id is not None else 0
-        self._pad_left = getattr(hf_tokenizer, "padding_side", "right") == "left"
+        self.text = TextEncoder(
+            hf_tokenizer.backend_tokenizer.to_str(),
+            max_tokens=self._max_tokens,
+            pad_id=int(pad_id) if pad_id is not None else 0,
+            pad_left=getattr(hf_tokenizer, "padding_side", "right") == "left",
+        )
 
     @property
     def max_input_tokens(self) -> int:
@@ -102,50 +105,24 @@ class TorchBackend:
         return int(torch.get_num_threads())
 
     def tokenize(self, texts: Sequence[str]) -> list[TokenizedInput]:
-        # One text at a time: ``encode_batch`` would spread the work over the
-        # tokenizers library's own thread pool, threads outside the budget (and a
-        # pool that must not exist when a server forks its workers).
-        encodings = [self._tokenizer.encode(text, add_special_tokens=True) for text in texts]
-        return [
-            TokenizedInput(
-                input_ids=tuple(e.ids),
-                token_type_ids=tuple(e.type_ids),
-                truncated=bool(e.overflowing),
-            )
-            for e in encodings
-        ]
+        return self.text.tokenize(texts)
 
     def embed(self, batch: Sequence[TokenizedInput]) -> npt.NDArray[np.float32]:
         if not batch:
             return np.zeros((0, self._dimensions), dtype=np.float32)
-        features = self._collate(batch)
+        features: dict[str, Any] = {
+            name: torch.from_numpy(array).to(self._device)
+            for name, array in self.text.collate(batch).items()
+        }
         with torch.inference_mode():
             for module in self._modules:
                 features = module(features)
             pooled = features["sentence_embedding"]
         return np.ascontiguousarray(pooled.float().cpu().numpy(), dtype=np.float32)
 
-    def _collate(self, batch: Sequence[TokenizedInput]) -> dict[str, Any]:
-        length = max(item.n_tokens for item in batch)
-        input_ids = np.full((len(batch), length), self._pad_id, dtype=np.int64)
-        type_ids = np.zeros((len(batch), length), dtype=np.int64)
-        mask = np.zeros((len(batch), length), dtype=np.int64)
-        for row, item in enumerate(batch):
-            start = length - item.n_tokens if self._pad_left else 0
-            span = slice(start, start + item.n_tokens)
-            input_ids[row, span] = item.input_ids
-            mask[row, span] = 1
-            if item.token_type_ids is not None:
-                type_ids[row, span] = item.token_type_ids
-        return {
-            "input_ids": torch.from_numpy(input_ids).to(self._device),
-            "token_type_ids": torch.from_numpy(type_ids).to(self._device),
-            "attention_mask": torch.from_numpy(mask).to(self._device),
-        }
-
     def __repr__(self) -> str:
         return (
-            f"<TorchBackend device={self._device} dims={self._dimensions} "
+            f"<TorchBackend device={self._device} dtype={self.dtype} dims={self._dimensions} "
             f"max_tokens={self._max_tokens} normalizes={self._normalizes}>"
         )
 
@@ -159,12 +136,20 @@ class PreloadedModel:
     read-only, so the backends of several replicas may share one of these.
     """
 
-    def __init__(self, model: Any, device: str) -> None:
+    def __init__(self, model: Any, device: str, dtype: str = "fp32") -> None:
         self.model = model
         self.device = device
+        self.dtype = dtype
 
     @classmethod
-    def load(cls, model_dir: Path, *, device: str | None = None) -> PreloadedModel:
+    def load(
+        cls,
+        model_dir: Path,
+        *,
+        device: str | None = None,
+        dtype: str = "fp32",
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> PreloadedModel:
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as transformers_logging
 
@@ -175,19 +160,24 @@ class PreloadedModel:
         torch.set_num_threads(1)
         started = time.perf_counter()
         try:
-            model = SentenceTransformer(str(model_dir), device=device, local_files_only=True)
+            model = SentenceTransformer(
+                str(model_dir), device=device, local_files_only=True, model_kwargs=model_kwargs
+            )
+            if dtype != "fp32":
+                model.to(TORCH_DTYPES[dtype])
         except (OSError, ValueError) as exc:
             raise BackendError(f"could not load the model at {model_dir}: {exc}") from exc
         finally:
             torch.set_num_threads(threads)
         model.eval()
         logger.info(
-            "loaded model from %s in %.2f s",
+            "loaded model from %s (%s) in %.2f s",
             model_dir,
+            dtype,
             time.perf_counter() - started,
             extra={"model_dir": str(model_dir), "device": device},
         )
-        return cls(model, device)
+        return cls(model, device, dtype)
 
 
 def cuda_device_count() -> int:

@@ -15,6 +15,8 @@ The store's layout (one directory per repo, ``org--name``)::
     <home>/models/org--name/refs/<revision>       the commit a revision pointed to
     <home>/models/org--name/.partial-<random>/    a fetch in progress (or a dead one)
     <home>/locks/org--name.lock                   the cross-process lock of that repo
+    <home>/derived/<model>-<key>/<name>/          built from a model: exports, choices
+    <home>/locks/derived-<key>-<name>.lock        the lock of one derived entry
 
 Why it cannot race: every writer of a repo holds its ``filelock`` (an
 ``flock``, released by the kernel when a process dies, even by SIGKILL);
@@ -24,17 +26,24 @@ publishes the whole snapshot. Readers never take the lock: a snapshot
 directory exists complete or not at all, and a ref is written by atomic
 replace only after its snapshot is published. A fetcher that died leaves a
 ``.partial-*`` directory that nothing reads; the next lock holder removes it.
+
+Derived entries (an ONNX export, a quantised copy, the record of which backend
+suits this machine) follow the same rules, built at most once however many
+processes ask at once, and each carries a ``MANIFEST.json`` of its files' sizes
+and SHA-256, written last: an entry whose files do not match it (truncated,
+corrupted, edited) is rebuilt rather than loaded.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,6 +61,7 @@ __all__ = [
     "ResolvedModel",
     "StoredModel",
     "default_home",
+    "model_key",
     "resolve_model",
 ]
 
@@ -68,6 +78,7 @@ _SKIPPED_FILES = frozenset(
     {"tf_model.h5", "flax_model.msgpack", "rust_model.ot", "model.onnx", ".gitattributes"}
 )
 _CHUNK_BYTES = 1 << 20
+_MANIFEST = "MANIFEST.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +287,52 @@ class ModelStore:
     def _repo_dir(self, repo_id: str) -> Path:
         return self.models / _repo_dirname(repo_id)
 
+    # -- things built from a model ------------------------------------------------
+
+    def derived(self, model_dir: Path, name: str, build: Callable[[Path], None]) -> Path:
+        """The directory ``name`` built from the model at ``model_dir``, building it
+        with ``build(directory)`` if no process has yet (or if the one on disk is
+        damaged). However many processes ask at once, one builds; the others wait
+        for it and load what it published."""
+        from filelock import FileLock
+
+        key = model_key(model_dir)
+        entry = self.home / "derived" / f"{model_dir.name}-{key}" / name
+        if _damage(entry) is None:
+            return entry
+        locks = _mkdirs(self.home / "locks")
+        with FileLock(locks / f"derived-{key}-{name}.lock"):
+            damage = _damage(entry)
+            if damage is None:  # another process built it while this one waited
+                return entry
+            if entry.exists():
+                logger.warning("rebuilding %s: %s", entry, damage)
+                shutil.rmtree(entry)
+            parent = _mkdirs(entry.parent)
+            for stale in parent.glob(f".partial-{name}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            partial = Path(tempfile.mkdtemp(prefix=f".partial-{name}-", dir=parent))
+            started = time.monotonic()
+            try:
+                build(partial)
+                _write_manifest(partial)
+            except BaseException:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise
+            os.rename(partial, entry)
+            logger.info("built %s in %.1f s", entry, time.monotonic() - started)
+        return entry
+
+
+def model_key(model_dir: Path) -> str:
+    """Names one version of a model directory: its files' names, sizes and times,
+    which change whenever a file is replaced (snapshots are never edited in place)."""
+    digest = hashlib.sha256(str(model_dir.resolve()).encode())
+    for path in sorted(_iter_files(model_dir)):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(model_dir)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
 
 def resolve_model(
     reference: str, *, store: ModelStore | None = None, hf_cache_dir: Path | None = None
@@ -345,6 +402,44 @@ def _remove_partials(repo: Path) -> None:
     for partial in repo.glob(".partial-*"):
         logger.warning("removing %s, left by a fetch that did not finish", partial)
         shutil.rmtree(partial, ignore_errors=True)
+
+
+def _write_manifest(directory: Path) -> None:
+    files = {
+        str(path.relative_to(directory)): {"size": path.stat().st_size, "sha256": _sha256(path)}
+        for path in sorted(_iter_files(directory))
+    }
+    with (directory / _MANIFEST).open("w") as out:
+        json.dump({"files": files}, out, indent=1)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _damage(entry: Path) -> str | None:
+    """What is wrong with a derived entry, or None when it is whole."""
+    try:
+        listed = json.loads((entry / _MANIFEST).read_text())["files"]
+    except FileNotFoundError:
+        return "missing" if not entry.exists() else f"no {_MANIFEST}"
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"unreadable {_MANIFEST} ({exc})"
+    for relative, expected in listed.items():
+        path = entry / relative
+        if not path.is_file():
+            return f"{relative} is missing"
+        if path.stat().st_size != expected["size"]:
+            return f"{relative} has {path.stat().st_size} bytes, {expected['size']} expected"
+        if _sha256(path) != expected["sha256"]:
+            return f"{relative}: SHA-256 differs from the manifest's"
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as source:
+        while chunk := source.read(_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _write_atomically(path: Path, text: str) -> None:

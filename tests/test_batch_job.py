@@ -230,8 +230,9 @@ def test_killed_then_resumed_output_is_byte_identical(tmp_path: Path, suffix: st
 
 def test_two_processes_give_the_same_output_within_the_thread_budget(tmp_path: Path) -> None:
     source = write_input(tmp_path, "txt", TEXTS)
-    one = job(tmp_path, source, "one.npy", settings=Settings(threads=2))
-    two = job(tmp_path, source, "two.npy", processes=2, settings=Settings(threads=2))
+    settings = Settings.from_environment().replace(threads=2)
+    one = job(tmp_path, source, "one.npy", settings=settings)
+    two = job(tmp_path, source, "two.npy", processes=2, settings=settings)
     assert one.rows == two.rows == len(TEXTS)
     np.testing.assert_allclose(
         np.load(tmp_path / "one.npy"), np.load(tmp_path / "two.npy"), atol=2e-5

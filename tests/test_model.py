@@ -144,7 +144,7 @@ def test_embedder_is_a_thread_safe_script_handle(reference_encode: Any) -> None:
 
 def test_embedder_splits_calls_larger_than_the_admission_bound(reference_encode: Any) -> None:
     texts = sample_texts(50, seed=9)
-    with Embedder(settings=Settings(max_queued_inputs=8)) as embedder:
+    with Embedder(settings=Settings.from_environment().replace(max_queued_inputs=8)) as embedder:
         vectors = embedder.embed(texts)
     assert vectors.shape == (50, 384)
     assert cosines(vectors, reference_encode(texts)).min() >= 0.99999
@@ -153,9 +153,9 @@ def test_embedder_splits_calls_larger_than_the_admission_bound(reference_encode:
 @pytest.mark.parametrize(
     ("settings", "replicas", "reported"),
     [
-        (Settings(sharing="replicas", threads=2), 2, (1, 1)),
-        (Settings(sharing="dedicated", threads=2), 1, (2,)),
-        (Settings(sharing="locked", threads=2), 1, (2, 2, 2, 2)),
+        (Settings(sharing="replicas", threads=2, backend="torch", dtype="fp32"), 2, (1, 1)),
+        (Settings(sharing="dedicated", threads=2, backend="torch", dtype="fp32"), 1, (2,)),
+        (Settings(sharing="locked", threads=2, backend="torch", dtype="fp32"), 1, (2, 2, 2, 2)),
     ],
     ids=["replicas", "dedicated", "locked"],
 )

@@ -9,6 +9,7 @@ flags from this class, and this module is the only place that reads
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 LogFormat = Literal["text", "json"]
 Sharing = Literal["auto", "dedicated", "replicas", "locked"]
+BackendName = Literal["auto", "torch", "onnx"]
+DType = Literal["auto", "fp32", "bf16", "fp16", "int8"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 Tracing = Literal["off", "console", "otlp"]
 
@@ -66,6 +69,22 @@ class Settings:
         metadata={
             "help": "with --workers: load the model once in the master before forking, "
             "so workers share its weights copy-on-write"
+        },
+    )
+    backend: BackendName = dataclasses.field(
+        default="auto",
+        metadata={
+            "help": "what runs the model: torch, onnx (ONNX Runtime, exported once per "
+            "machine into the store) or auto (the fastest variant that passes the "
+            "accuracy gate here, found by a short trial at first use)"
+        },
+    )
+    dtype: DType = dataclasses.field(
+        default="auto",
+        metadata={
+            "help": "arithmetic: fp32, bf16 (CPUs with AVX512-BF16/AMX, GPUs), fp16 (GPUs), "
+            "int8 (onnx) or auto; anything but fp32 must pass the accuracy gate against "
+            "fp32 torch on the shipped calibration set"
         },
     )
     max_batch_tokens: int = dataclasses.field(
@@ -192,6 +211,10 @@ class Settings:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.workers < 1:
             raise SettingsError(f"workers must be at least 1, got {self.workers}")
+        for name, allowed in (("backend", BackendName), ("dtype", DType)):
+            if getattr(self, name) not in get_args(allowed):
+                choices = ", ".join(get_args(allowed))
+                raise SettingsError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         if self.replicas < 0 or self.threads < 0:
             raise SettingsError("replicas and threads must not be negative (0 means automatic)")
         if self.batch_overhead_tokens < 0:
@@ -222,6 +245,12 @@ class Settings:
             raise SettingsError("body_timeout must not be negative (0: no limit)")
         if self.graceful_shutdown_seconds < 0:
             raise SettingsError("graceful_shutdown_seconds must not be negative")
+
+    @classmethod
+    def from_environment(cls) -> Settings:
+        """Defaults, overridden by this process's ``EMBEDLOOM_*`` variables: what the
+        library's entry points use when given no ``Settings``."""
+        return cls.from_env(os.environ)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:

@@ -44,7 +44,7 @@ class Embedder:
     ) -> None:
         """``batch_per_request``: each ``embed`` call's inputs are batched alone, so
         its vectors are reproducible bit for bit (see ``Engine``)."""
-        settings = settings or Settings()
+        settings = settings or Settings.from_environment()
         if model is not None:
             settings = settings.replace(model=model)
         self._engine = Engine.from_settings(settings, batch_per_request=batch_per_request)

@@ -38,6 +38,7 @@ import numpy.typing as npt
 
 from embedloom import tracing
 from embedloom.backends.base import Backend, BackendFactory, TokenizedInput
+from embedloom.backends.choice import Choice
 from embedloom.batching import BatchPolicy, plan_batch
 from embedloom.config import Settings
 from embedloom.errors import (
@@ -50,6 +51,7 @@ from embedloom.errors import (
     TooManyInputs,
     Unavailable,
 )
+from embedloom.gate import GateFigures
 from embedloom.memory import keep_native_memory_flat
 from embedloom.offload import run_in_thread
 from embedloom.scope import PRIORITIES, Priority, current_scope
@@ -125,9 +127,14 @@ class ModelInfo:
     model_id: str
     names: tuple[str, ...]
     backend: str
+    dtype: str
     dimensions: int
     max_input_tokens: int
     normalizes: bool
+    # How the backend and dtype were chosen, and the accuracy gate's figures
+    # (None for the fp32 reference itself, or an engine given a backend directly).
+    choice_reason: str | None = None
+    gate: GateFigures | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,12 +322,15 @@ class Engine:
         offload: Offload = run_in_thread,
         batch_per_request: bool = False,
         tune_memory: bool = False,
+        choice: Choice | None = None,
     ) -> None:
-        """``batch_per_request``: never mix requests in a batch, so a request's
+        """``choice``: how the backend was chosen, for ``model_info``.
+        ``batch_per_request``: never mix requests in a batch, so a request's
         batches (and so its vectors, bit for bit) do not depend on what else was
         queued; the batch job uses it to make runs reproducible. ``tune_memory``:
         on start, keep the process's native memory flat (``memory.py``)."""
         self._tune_memory = tune_memory
+        self._choice = choice
         self._settings = settings or Settings()
         self._offload = offload
         self._sharing = sharing or _DEDICATED
@@ -384,20 +394,25 @@ class Engine:
         preload: bool = False,
         batch_per_request: bool = False,
     ) -> Engine:
-        """An engine on ``settings.model`` with the torch backend, shared as
+        """An engine on ``settings.model``, run by the variant ``settings.backend``
+        and ``settings.dtype`` choose (see ``backends.choice``), shared as
         ``settings.sharing`` says within the thread budget.
 
         With ``preload`` the weights are read now, in the calling thread, and every
         replica adopts them: the master of a pre-forking server loads once and its
         workers share the pages copy-on-write. Nothing runs on them here.
         """
+        from embedloom.backends.choice import choose_variant
+        from embedloom.backends.variants import open_variant
         from embedloom.store import ModelStore, resolve_model
 
         # Before importing torch: a missing model fails fast.
-        model = resolve_model(settings.model, store=ModelStore.for_settings(settings))
-        from embedloom.backends.torch import PreloadedModel, TorchBackend, cuda_device_count
+        store = ModelStore.for_settings(settings)
+        model = resolve_model(settings.model, store=store)
+        from embedloom.backends.torch import cuda_device_count
 
-        plan = plan_sharing(settings, cores=usable_cores().usable, gpus=cuda_device_count())
+        gpus = cuda_device_count()
+        plan = plan_sharing(settings, cores=usable_cores().usable, gpus=gpus)
         logger.info(
             "sharing: %s, %d replica(s), %d inference thread(s), %d intra-op thread(s) each, "
             "budget %d (%s)",
@@ -408,9 +423,28 @@ class Engine:
             plan.budget,
             plan.reason,
         )
-        preloaded = PreloadedModel.load(model.path) if preload else None
+        device = "cuda" if gpus else "cpu"
+        choice = choose_variant(
+            model.path,
+            store,
+            backend=settings.backend,
+            dtype=settings.dtype,
+            threads=plan.threads_per_replica,
+            device=device,
+        )
+        gate = f"; accuracy gate: {choice.gate.describe()}" if choice.gate else ""
+        logger.info("backend: %s, %s%s", choice.variant, choice.reason, gate)
+        factory = open_variant(
+            choice.variant,
+            model.path,
+            store,
+            threads=plan.threads_per_replica,
+            device=device,
+            preload=preload,
+        )
         return cls(
-            lambda: TorchBackend(model.path, threads=plan.threads_per_replica, preloaded=preloaded),
+            factory,
+            choice=choice,
             settings=settings,
             model_id=model.id,
             model_names=model.names,
@@ -456,9 +490,12 @@ class Engine:
             model_id=self._model_id,
             names=self._model_names,
             backend=backend.name,
+            dtype=backend.dtype,
             dimensions=backend.dimensions,
             max_input_tokens=backend.max_input_tokens,
             normalizes=backend.normalizes,
+            choice_reason=self._choice.reason if self._choice else None,
+            gate=self._choice.gate if self._choice else None,
         )
 
     async def start(self) -> None:

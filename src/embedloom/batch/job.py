@@ -62,7 +62,7 @@ class JobOptions:
     chunk_size: int = 1024
     max_in_flight: int = 4
     quiet: bool = False
-    settings: Settings = dataclasses.field(default_factory=Settings)
+    settings: Settings = dataclasses.field(default_factory=Settings.from_environment)
 
     def fingerprint(self) -> dict[str, Any]:
         """What must not change between a run and its resumption."""

@@ -84,7 +84,7 @@ def embed_dataset(
 
     if actors < 1 or cpus_per_actor <= 0 or batch_size < 1:
         raise ValueError("actors, cpus_per_actor and batch_size must be positive")
-    settings = settings or Settings()
+    settings = settings or Settings.from_environment()
     if model is not None:
         settings = settings.replace(model=model)
     cluster_cpus = float(ray.cluster_resources().get("CPU", 0))  # type: ignore[no-untyped-call]

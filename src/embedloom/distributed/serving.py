@@ -49,7 +49,7 @@ def serve_app(
 
     if replicas < 1 or cpus_per_replica <= 0:
         raise ValueError("replicas and cpus_per_replica must be positive")
-    settings = settings or Settings()
+    settings = settings or Settings.from_environment()
     if model is not None:
         settings = settings.replace(model=model)
     replica_settings = settings.replace(

@@ -26,6 +26,10 @@ async def health(request: Request) -> dict[str, str]:
     return {"status": "ok"}
 
 
+# TEI's spelling of dtypes in /info.
+_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "int8"}
+
+
 @router.get("/info", summary="The served model and the server's limits")
 async def info(request: Request) -> dict[str, Any]:
     state = server_state(request)
@@ -33,8 +37,14 @@ async def info(request: Request) -> dict[str, Any]:
     return {
         "model_id": model.model_id,
         "model_names": list(model.names),
-        "model_dtype": "float32",
+        "model_dtype": _DTYPE_NAMES.get(model.dtype, model.dtype),
         "backend": model.backend,
+        "backend_choice": {
+            "variant": f"{model.backend}/{model.dtype}",
+            "reason": model.choice_reason,
+            # Figures against fp32 torch on the calibration set; None for fp32 torch.
+            "accuracy_gate": model.gate.to_json() if model.gate else None,
+        },
         "dimensions": model.dimensions,
         "max_input_length": model.max_input_tokens,
         "normalizes": model.normalizes,

@@ -88,7 +88,7 @@ def test_npy_output_in_order_and_dtype(
     tmp_path: Path, dtype: str, reference_encode: Callable[[list[str]], Any]
 ) -> None:
     source = write_input(tmp_path, "txt", TEXTS)
-    job(tmp_path, source, "out.npy", dtype=dtype)
+    job(tmp_path, source, "out.npy", output_dtype=dtype)
     matrix = np.load(tmp_path / "out.npy")
     assert matrix.dtype == np.dtype(dtype)
     assert matrix.shape == (len(TEXTS), 384)

@@ -49,7 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--field", default="text", help="JSONL field to embed (default: text)")
     embed.add_argument("--id-field", help="JSONL field copied to the output as the row's id")
     embed.add_argument("--column", help="CSV/Parquet column to embed (default: --field)")
-    embed.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    embed.add_argument(
+        "--output-dtype",
+        choices=("float32", "float16"),
+        default="float32",
+        help="how vectors are stored (the model's own arithmetic is --dtype)",
+    )
     embed.add_argument(
         "--on-error",
         choices=("stop", "skip"),
@@ -114,6 +119,8 @@ _ENGINE_SETTINGS = (
     "model",
     "home",
     "offline",
+    "backend",
+    "dtype",
     "max_batch_tokens",
     "max_batch_size",
     "batch_overhead_tokens",
@@ -212,7 +219,7 @@ def _embed(settings: Settings, args: argparse.Namespace) -> int:
         field=args.field,
         id_field=args.id_field,
         column=args.column,
-        dtype=args.dtype,
+        output_dtype=args.output_dtype,
         on_error=args.on_error,
         resume=args.resume,
         overwrite=args.overwrite,

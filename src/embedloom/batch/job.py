@@ -54,7 +54,7 @@ class JobOptions:
     field: str = "text"
     id_field: str | None = None
     column: str | None = None
-    dtype: Literal["float32", "float16"] = "float32"
+    output_dtype: Literal["float32", "float16"] = "float32"
     on_error: Literal["stop", "skip"] = "stop"
     resume: bool = False
     overwrite: bool = False
@@ -76,10 +76,13 @@ class JobOptions:
             "field": self.field,
             "id_field": self.id_field,
             "column": self.column,
-            "dtype": self.dtype,
+            "dtype": self.output_dtype,
             # Not on_error: a run stopped at a bad row may resume skipping it.
             "chunk_size": self.chunk_size,
             "model": self.settings.model,
+            # Vectors of two variants must not end up in one output.
+            "backend": self.settings.backend,
+            "model_dtype": self.settings.dtype,
         }
 
 
@@ -131,7 +134,7 @@ def run_job(options: JobOptions) -> JobSummary:
     progress = _prepare(options, partial)
     started = time.perf_counter()
     writer = open_writer(
-        options.output, partial, dtype=options.dtype, with_ids=options.id_field is not None
+        options.output, partial, dtype=options.output_dtype, with_ids=options.id_field is not None
     )
     writer.truncate(progress.chunks, progress.rows_written)
     rejects_partial = partial / "rejects.jsonl"
@@ -274,7 +277,7 @@ def _chunked(items: Iterator[Record | Reject], size: int) -> Iterator[list[Recor
 @contextlib.contextmanager
 def _embedding_function(options: JobOptions) -> Iterator[_Embed]:
     """``embed(chunk) -> vectors of its records``, in this process or in workers."""
-    dtype = np.dtype(options.dtype)
+    dtype = np.dtype(options.output_dtype)
     if options.processes == 1:
         from embedloom.embedder import Embedder
 

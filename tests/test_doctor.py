@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -79,7 +80,20 @@ def test_unused_budget_and_live_threads_are_reported() -> None:
     found = levels(report)
     assert any("1 thread(s) of the budget of 5 go unused" in w for w in found["warning"])
     assert any("2 native thread(s) besides the main one" in i for i in found["info"])
-    assert any("bf16 matrix units" in i for i in found["info"])
+    assert any("may run torch/fp32, torch/bf16, onnx/fp32" in i for i in found["info"])
+
+
+def test_variants_the_cpu_cannot_run_are_named_with_the_reason() -> None:
+    plain = dataclasses.replace(machine(), cpu_features=frozenset({"avx2"}))
+    found = levels(diagnose(Settings(backend="torch", dtype="auto"), {}, plain))
+    (variants,) = [i for i in found["info"] if "--backend torch --dtype auto" in i]
+    assert "may run torch/fp32;" in variants
+    assert "torch/bf16 (this CPU has neither AVX512-BF16 nor AMX-BF16" in variants
+    assert "torch/fp16 (fp16 has no fast CPU kernels" in variants
+    found = levels(diagnose(Settings(backend="torch", dtype="bf16"), {}, plain))
+    assert any("nothing can run here: torch/bf16" in e for e in found["error"])
+    found = levels(diagnose(Settings(backend="onnx", dtype="bf16"), {}, plain))
+    assert any("no variant onnx/bf16" in e for e in found["error"])
 
 
 def test_the_command_exits_nonzero_on_an_oversubscribed_configuration() -> None:

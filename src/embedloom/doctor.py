@@ -16,6 +16,7 @@ from typing import Literal
 
 from embedloom._version import __version__
 from embedloom.config import Settings, SettingsError
+from embedloom.cpu import cpu_flags, cpu_model
 from embedloom.sharing import SharingPlan, plan_sharing, worker_budget
 from embedloom.threads import CoreCount, usable_cores
 
@@ -110,11 +111,37 @@ def diagnose(settings: Settings, environ: Mapping[str, str], machine: MachinePro
         findings += _budget_findings(plan, machine, workers=settings.workers)
         findings += _environment_findings(plan, environment)
     findings += _fork_findings(machine)
-    if {"amx_bf16", "avx512_bf16"} & machine.cpu_features:
-        findings.append(
-            Finding("info", "this CPU has bf16 matrix units (AVX512-BF16/AMX): fast on bf16")
-        )
+    findings += _variant_findings(settings, machine)
     return Report(machine, settings, environment, plan, findings)
+
+
+def _variant_findings(settings: Settings, machine: MachineProbe) -> list[Finding]:
+    from embedloom.backends.variants import requested_variants, unsupported_reason
+    from embedloom.errors import BackendError
+
+    asked = f"--backend {settings.backend} --dtype {settings.dtype}"
+    try:
+        variants = requested_variants(settings.backend, settings.dtype)
+    except BackendError as exc:
+        return [Finding("error", str(exc), "choose a variant embedloom offers")]
+    device = "cuda" if machine.gpus else "cpu"
+    reasons = {v: unsupported_reason(v, device, machine.cpu_features) for v in variants}
+    runnable = [str(v) for v, reason in reasons.items() if reason is None]
+    refused = [f"{v} ({reason})" for v, reason in reasons.items() if reason is not None]
+    if not runnable:
+        return [
+            Finding(
+                "error",
+                f"{asked}: nothing can run here: {'; '.join(refused)}",
+                "ask for a variant this machine supports",
+            )
+        ]
+    message = f"{asked} may run {', '.join(runnable)}"
+    if runnable != ["torch/fp32"]:
+        message += " (each but torch/fp32 after passing the accuracy gate)"
+    if refused:
+        message += f"; not here: {'; '.join(refused)}"
+    return [Finding("info", message)]
 
 
 def _budget_findings(plan: SharingPlan, machine: MachineProbe, *, workers: int) -> list[Finding]:
@@ -208,7 +235,6 @@ def _fork_findings(machine: MachineProbe) -> list[Finding]:
 
 def probe_machine() -> MachineProbe:
     """Read this machine and process. Imports torch, but starts none of its pools."""
-    cpu_model, features = _cpu_info()
     try:
         import torch
 
@@ -232,8 +258,8 @@ def probe_machine() -> MachineProbe:
         torch_version, threads, backend, gpus = None, None, None, ()
     return MachineProbe(
         cores=usable_cores(),
-        cpu_model=cpu_model,
-        cpu_features=features,
+        cpu_model=cpu_model(),
+        cpu_features=cpu_flags(),
         gpus=gpus,
         torch=torch_version,
         torch_threads=threads,
@@ -242,21 +268,6 @@ def probe_machine() -> MachineProbe:
         tokenizers=_version_of("tokenizers"),
         live_threads=_live_threads(),
     )
-
-
-def _cpu_info() -> tuple[str, frozenset[str]]:
-    model, flags = "unknown", frozenset[str]()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return model, flags
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and model == "unknown":
-            model = value.strip()
-        elif key.strip() == "flags" and not flags:
-            flags = frozenset(value.split())
-    return model, flags
 
 
 def _version_of(package: str) -> str | None:

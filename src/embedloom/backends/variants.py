@@ -7,7 +7,6 @@ and how to open each.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import platform
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 
 from embedloom.backends.base import BackendFactory
+from embedloom.cpu import cpu_flags, cpu_model
 from embedloom.errors import BackendError
 from embedloom.store import ModelStore
 
@@ -22,7 +22,6 @@ __all__ = [
     "REFERENCE",
     "VARIANTS",
     "Variant",
-    "cpu_flags",
     "machine_key",
     "open_variant",
     "requested_variants",
@@ -68,8 +67,11 @@ def requested_variants(backend: str, dtype: str) -> list[Variant]:
     return chosen
 
 
-def unsupported_reason(variant: Variant, device: str) -> str | None:
-    """Why ``variant`` cannot run (fast) on ``device`` here, or None when it can."""
+def unsupported_reason(
+    variant: Variant, device: str, flags: frozenset[str] | None = None
+) -> str | None:
+    """Why ``variant`` cannot run (fast) on ``device``, or None when it can; ``flags``
+    are the CPU's features (default: this machine's)."""
     if variant.backend == "onnx":
         if device != "cpu":
             return "the ONNX backend runs on CPU only"
@@ -78,22 +80,13 @@ def unsupported_reason(variant: Variant, device: str) -> str | None:
         return onnxruntime_missing()
     if variant.dtype == "fp16" and device == "cpu":
         return "fp16 has no fast CPU kernels; it is for GPUs"
-    if variant.dtype == "bf16" and device == "cpu" and not (_BF16_FLAGS & cpu_flags()):
+    if (
+        variant.dtype == "bf16"
+        and device == "cpu"
+        and not (_BF16_FLAGS & (cpu_flags() if flags is None else flags))
+    ):
         return "this CPU has neither AVX512-BF16 nor AMX-BF16 (bf16 would be emulated)"
     return None
-
-
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags as Linux reports them (empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("flags"):
-                    return frozenset(line.partition(":")[2].split())
-    except OSError:
-        pass
-    return frozenset()
 
 
 def machine_key(device: str) -> str:
@@ -103,7 +96,7 @@ def machine_key(device: str) -> str:
 
     from embedloom import __version__
 
-    parts = [platform.machine(), _cpu_model(), " ".join(sorted(cpu_flags())), device]
+    parts = [platform.machine(), cpu_model(), " ".join(sorted(cpu_flags())), device]
     parts += [torch.__version__, __version__, _onnxruntime_version()]
     if device.startswith("cuda"):
         parts.append(torch.cuda.get_device_name(device))
@@ -158,17 +151,6 @@ def _exporter() -> ModuleType:
     from embedloom.backends import onnx_export
 
     return onnx_export
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _onnxruntime_version() -> str:

@@ -1,6 +1,6 @@
 """Every backend × dtype against sentence-transformers fp32, in one run.
 
-    .venv/bin/python benchmarks/backends.py          # ~12 minutes; writes benchmarks/results/
+    .venv/bin/python benchmarks/backends.py          # ~15 minutes; writes benchmarks/results/
 
 Each phase runs in a fresh process, one after another, on the standard
 workload (``workload.py``, 2,048 sentences), in two rounds; ratios are taken
@@ -10,7 +10,9 @@ within a round and the report gives each round and their mean:
   compute ceilings the model's arithmetic is compared with;
 - ``st``: sentence-transformers ``encode`` in fp32 at its best batch size;
 - ``engine <variant>``: the engine in-process on that variant (the default
-  sharing plan), the workload in calls of 256 sentences; a variant the
+  sharing plan): the workload in calls of 256 sentences (full, length-sorted
+  batches), then 32 concurrent callers of one sentence each (the batches the
+  server's 32 clients can make, without HTTP); a variant the
   accuracy gate refuses is measured all the same (built directly, bypassing the
   choice) and marked so;
 - ``server <variant>``: ``embedloom serve --backend B --dtype D`` under the load
@@ -89,7 +91,7 @@ def phase_st() -> dict[str, Any]:
     }
 
 
-def phase_engine(variant: str) -> dict[str, Any]:
+def phase_engine(variant: str, duration: float) -> dict[str, Any]:
     from embedloom import Engine, Settings
     from embedloom.backends.variants import Variant, open_variant
     from embedloom.sharing import plan_sharing
@@ -124,6 +126,7 @@ def phase_engine(variant: str) -> dict[str, Any]:
             seconds = time.perf_counter() - started
             stats = running.statistics()
             info = running.model_info
+            callers = await _callers(running, texts, duration)
         tokens = stats.input_tokens - before.input_tokens
         padded = stats.padded_tokens - before.padded_tokens
         return {
@@ -131,12 +134,30 @@ def phase_engine(variant: str) -> dict[str, Any]:
             "sentences_per_s": round(len(texts) / seconds, 1),
             "tokens_per_s": round(tokens / seconds, 1),
             "padding_overhead": round(padded / tokens - 1, 3),
+            "callers_32x1_sentences_per_s": callers,
             "sharing": f"{running.sharing.strategy} {running.sharing.replicas}"
             f"x{running.sharing.threads_per_replica}",
             "choice_reason": info.choice_reason,
         }
 
     return asyncio.run(run())
+
+
+async def _callers(engine: Any, texts: list[str], duration: float) -> float:
+    stop_at = time.perf_counter() + duration
+    done = 0
+
+    async def caller(index: int) -> None:
+        nonlocal done
+        cursor = index * 997
+        while time.perf_counter() < stop_at:
+            await engine.embed([texts[cursor % len(texts)]])
+            cursor += 32
+            done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller(i) for i in range(32)))
+    return round(done / (time.perf_counter() - started), 1)
 
 
 def phase_server(variant: str, duration: float) -> dict[str, Any]:
@@ -211,7 +232,9 @@ def _run_phase(*args: str) -> dict[str, Any]:
 
 def _round(duration: float, servable: list[str]) -> dict[str, Any]:
     round_: dict[str, Any] = {"peaks": _run_phase("peaks"), "st": _run_phase("st")}
-    round_["engine"] = {v: _run_phase("engine", v) for v in (*VARIANTS, "auto")}
+    round_["engine"] = {
+        v: _run_phase("engine", v, "--duration", str(duration)) for v in (*VARIANTS, "auto")
+    }
     round_["server"] = {
         v: _run_phase("server", v, "--duration", str(duration)) for v in (*servable, "auto")
     }
@@ -229,7 +252,7 @@ def main() -> None:
         if name == "server":
             result = phase_server(rest[0], args.duration)
         elif name == "engine":
-            result = phase_engine(rest[0])
+            result = phase_engine(rest[0], args.duration)
         else:
             result = {"peaks": phase_peaks, "st": phase_st, "gate": phase_gate}[name]()
         print(json.dumps(result))
@@ -291,7 +314,16 @@ def _table(results: dict[str, Any]) -> list[dict[str, Any]]:
             "bf16_peak": _mean(
                 [f / r["peaks"]["bf16_gflops"] for f, r in zip(flops, rounds, strict=True)]
             ),
+            "callers": _mean([e["callers_32x1_sentences_per_s"] for e in engine]),
             "server": _mean([s["sentences_per_s"] for s in server]) if all(server) else None,
+            "server_x_callers": _mean(
+                [
+                    s["sentences_per_s"] / e["callers_32x1_sentences_per_s"]
+                    for s, e in zip(server, engine, strict=True)
+                ]
+            )
+            if all(server)
+            else None,
             "server_x_engine": _mean(
                 [s["sentences_per_s"] / e for s, e in zip(server, speed, strict=True)]
             )
@@ -322,9 +354,10 @@ def _report(results: dict[str, Any]) -> str:
         f"{', '.join(str(p['bf16_gflops']) for p in peaks)} GFLOP/s. "
         f"The model does {rounds[0]['st']['model_flops_per_token'] / 1e6:.1f} MFLOP per token.",
         "",
-        "| variant | sentences/s | tokens/s | × ST fp32 | fp32 peak | bf16 peak | "
-        "server 32×1 | server ÷ engine | gate: mean cos | min cos | top-10 overlap | verdict |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | engine sentences/s | tokens/s | × ST fp32 | fp32 peak | bf16 peak | "
+        "engine 32×1 | server 32×1 | server ÷ engine | server ÷ engine 32×1 | "
+        "gate: mean cos | min cos | top-10 overlap | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in _table(results):
         gate = row["gate"] or {}
@@ -343,19 +376,24 @@ def _report(results: dict[str, Any]) -> str:
         )
         server = f"{row['server']:.0f}" if row["server"] else "–"
         ratio = f"{row['server_x_engine']:.2f}" if row["server_x_engine"] else "–"
+        ratio_callers = f"{row['server_x_callers']:.2f}" if row["server_x_callers"] else "–"
         lines.append(
             f"| {row['variant']} | {row['sentences_per_s']:.0f} | {row['tokens_per_s']:.0f} | "
-            f"{row['x_st']:.2f} | {row['fp32_peak']:.0%} | {row['bf16_peak']:.0%} | {server} | "
-            f"{ratio} | {cos[0]} | {cos[1]} | {cos[2]} | {verdict} |"
+            f"{row['x_st']:.2f} | {row['fp32_peak']:.0%} | {row['bf16_peak']:.0%} | "
+            f"{row['callers']:.0f} | {server} | {ratio} | {ratio_callers} | "
+            f"{cos[0]} | {cos[1]} | {cos[2]} | {verdict} |"
         )
     lines += [
         "",
         f"auto's trial (calibration set, {results['gate']['auto']}): {results['gate']['reason']}",
         "",
-        "Engine rows: in-process, the default sharing plan "
-        f"({rounds[0]['engine']['auto']['sharing']}), calls of 256 sentences. Server rows: "
-        "`embedloom serve --backend B --dtype D`, load generator in its own process on the "
-        "same 2 cores, 32 closed-loop clients × 1 sentence, 20 s.",
+        "Engine: in-process, the default sharing plan "
+        f"({rounds[0]['engine']['auto']['sharing']}), the workload in calls of 256 sentences "
+        "(full, length-sorted batches); engine 32×1: 32 concurrent in-process callers of one "
+        "sentence (the batches 32 clients can form). Server: `embedloom serve --backend B "
+        "--dtype D`, the load generator in its own process on the same 2 cores, 32 "
+        "closed-loop clients × 1 sentence. Figures are means of the rounds; ratios are taken "
+        "within each round, then averaged.",
         "",
         "![backends](backends.png)",
         "",

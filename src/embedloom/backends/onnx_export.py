@@ -102,19 +102,30 @@ def export_int8(fp32_export: Path, into: Path) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(
-        fp32_export / MODEL_FILE,
-        into / MODEL_FILE,
-        weight_type=QuantType.QInt8,
-        # Per output channel: MiniLM's weights differ in range by column, and one
-        # scale per matrix costs it a further 4% of cosine.
-        per_channel=True,
-        # Fused nodes (SkipLayerNormalization, BiasGelu) carry no type information
-        # for the quantiser's shape inference; they are float32.
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
+    root = logging.getLogger()
+    root.addFilter(_no_preprocessing_advice)
+    try:
+        quantize_dynamic(
+            fp32_export / MODEL_FILE,
+            into / MODEL_FILE,
+            weight_type=QuantType.QInt8,
+            # Per output channel: MiniLM's weights differ in range by column, and one
+            # scale per matrix costs it a further 4% of cosine.
+            per_channel=True,
+            # Fused nodes (SkipLayerNormalization, BiasGelu) carry no type information
+            # for the quantiser's shape inference; they are float32.
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+    finally:
+        root.removeFilter(_no_preprocessing_advice)
     for name in (SHAPE_FILE, TOKENIZER_FILE):
         (into / name).write_bytes((fp32_export / name).read_bytes())
+
+
+def _no_preprocessing_advice(record: logging.LogRecord) -> bool:
+    # The quantiser advises, on the root logger, a shape-inference pass meant for
+    # static quantisation of image models; it does not apply to this graph.
+    return "pre-processing before quantization" not in record.getMessage()
 
 
 def _write_shape(reference: TorchBackend, into: Path) -> None:

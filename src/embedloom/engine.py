@@ -69,6 +69,8 @@ from embedloom.threads import usable_cores
 if TYPE_CHECKING:
     from opentelemetry.trace import SpanContext
 
+    from embedloom.store import ModelStore, ResolvedModel
+
 __all__ = ["Embeddings", "Engine", "EngineState", "EngineStatistics", "ModelInfo"]
 
 logger = logging.getLogger(__name__)
@@ -305,6 +307,52 @@ class _Job:
             logger.warning("batch %d finished after its event loop closed", self.batch_id)
 
 
+@dataclass(frozen=True, slots=True)
+class _Setup:
+    """Where the model is, how it is shared, and which variant runs it."""
+
+    model: ResolvedModel
+    store: ModelStore
+    plan: SharingPlan
+    device: str
+    choice: Choice
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> _Setup:
+        from embedloom.backends.choice import choose_variant
+        from embedloom.store import ModelStore, resolve_model
+
+        # Before importing torch: a missing model fails fast.
+        store = ModelStore.for_settings(settings)
+        model = resolve_model(settings.model, store=store)
+        from embedloom.backends.torch import cuda_device_count
+
+        gpus = cuda_device_count()
+        plan = plan_sharing(settings, cores=usable_cores().usable, gpus=gpus)
+        logger.info(
+            "sharing: %s, %d replica(s), %d inference thread(s), %d intra-op thread(s) each, "
+            "budget %d (%s)",
+            plan.strategy,
+            plan.replicas,
+            plan.inference_threads,
+            plan.threads_per_replica,
+            plan.budget,
+            plan.reason,
+        )
+        device = "cuda" if gpus else "cpu"
+        choice = choose_variant(
+            model.path,
+            store,
+            backend=settings.backend,
+            dtype=settings.dtype,
+            threads=plan.threads_per_replica,
+            device=device,
+        )
+        gate = f"; accuracy gate: {choice.gate.describe()}" if choice.gate else ""
+        logger.info("backend: %s, %s%s", choice.variant, choice.reason, gate)
+        return cls(model, store, plan, device, choice)
+
+
 class Engine:
     """Owns the model and the queue in front of it. Use as ``async with Engine(...)``,
     or call ``start()`` and ``close()``; an engine is not reopened after closing."""
@@ -402,57 +450,36 @@ class Engine:
         replica adopts them: the master of a pre-forking server loads once and its
         workers share the pages copy-on-write. Nothing runs on them here.
         """
-        from embedloom.backends.choice import choose_variant
         from embedloom.backends.variants import open_variant
-        from embedloom.store import ModelStore, resolve_model
 
-        # Before importing torch: a missing model fails fast.
-        store = ModelStore.for_settings(settings)
-        model = resolve_model(settings.model, store=store)
-        from embedloom.backends.torch import cuda_device_count
-
-        gpus = cuda_device_count()
-        plan = plan_sharing(settings, cores=usable_cores().usable, gpus=gpus)
-        logger.info(
-            "sharing: %s, %d replica(s), %d inference thread(s), %d intra-op thread(s) each, "
-            "budget %d (%s)",
-            plan.strategy,
-            plan.replicas,
-            plan.inference_threads,
-            plan.threads_per_replica,
-            plan.budget,
-            plan.reason,
-        )
-        device = "cuda" if gpus else "cpu"
-        choice = choose_variant(
-            model.path,
-            store,
-            backend=settings.backend,
-            dtype=settings.dtype,
-            threads=plan.threads_per_replica,
-            device=device,
-        )
-        gate = f"; accuracy gate: {choice.gate.describe()}" if choice.gate else ""
-        logger.info("backend: %s, %s%s", choice.variant, choice.reason, gate)
+        setup = _Setup.for_settings(settings)
         factory = open_variant(
-            choice.variant,
-            model.path,
-            store,
-            threads=plan.threads_per_replica,
-            device=device,
+            setup.choice.variant,
+            setup.model.path,
+            setup.store,
+            threads=setup.plan.threads_per_replica,
+            device=setup.device,
             preload=preload,
         )
         return cls(
             factory,
-            choice=choice,
+            choice=setup.choice,
             settings=settings,
-            model_id=model.id,
-            model_names=model.names,
+            model_id=setup.model.id,
+            model_names=setup.model.names,
             clock=clock,
-            sharing=plan,
+            sharing=setup.plan,
             batch_per_request=batch_per_request,
             tune_memory=True,
         )
+
+    @staticmethod
+    def choose_backend(settings: Settings) -> Choice:
+        """What ``from_settings`` will run ``settings.model`` with, trying the variants
+        now (in a child process) if this machine has not yet. A pre-forking server's
+        master calls it so its workers find the choice made instead of all waiting
+        on one trial."""
+        return _Setup.for_settings(settings).choice
 
     @property
     def sharing(self) -> SharingPlan:

@@ -89,6 +89,7 @@ def serve_workers(settings: Settings) -> None:
     # it), and pandas imports pyarrow, whose jemalloc starts a background thread
     # at import: a thread alive in the master at fork.
     os.environ.setdefault("JE_ARROW_MALLOC_CONF", "background_thread:false")
+    from embedloom.engine import Engine
     from embedloom.sharing import worker_budget
     from embedloom.store import ModelStore, resolve_model
     from embedloom.threads import usable_cores
@@ -98,6 +99,9 @@ def serve_workers(settings: Settings) -> None:
     # message, instead of as N workers failing to boot; workers then find it stored.
     model = resolve_model(settings.model, store=ModelStore.for_settings(settings))
     logger.info("model %s from %s", model.id, model.path)
+    # Likewise the backend: the trial (a child process, so the master holds no
+    # thread pools at fork) runs once here, and every worker reads its record.
+    Engine.choose_backend(per_worker)
     try:
         _Gunicorn(per_worker, metrics_dir).run()
     finally:

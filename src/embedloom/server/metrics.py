@@ -233,7 +233,7 @@ def _build_info(engine: Engine, stats: EngineStatistics) -> InfoMetricFamily:
     info = _info_or_none(engine)
     build = {"version": __version__, "state": stats.state, "strategy": stats.worker.strategy}
     if info is not None:
-        build |= {"model": info.model_id, "backend": info.backend}
+        build |= {"model": info.model_id, "backend": info.backend, "dtype": info.dtype}
     return InfoMetricFamily("embedloom_build", "the server and its model", value=build)
 
 

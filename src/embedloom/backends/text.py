@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 
 from embedloom.backends.base import TokenizedInput
 
-__all__ = ["TextEncoder"]
+__all__ = ["EncoderBackend", "TextEncoder"]
 
 Int64Array = npt.NDArray[np.int64]
 
@@ -68,3 +68,32 @@ class TextEncoder:
             if item.token_type_ids is not None:
                 type_ids[row, span] = item.token_type_ids
         return {"input_ids": input_ids, "token_type_ids": type_ids, "attention_mask": mask}
+
+
+class EncoderBackend:
+    """What every backend built on a ``TextEncoder`` shares: the text side of the
+    ``Backend`` protocol and the shape of its output. Subclasses add ``embed``."""
+
+    def __init__(self, text: TextEncoder, *, dimensions: int, normalizes: bool) -> None:
+        self.text = text
+        self._dimensions = dimensions
+        self._normalizes = normalizes
+
+    @property
+    def max_input_tokens(self) -> int:
+        return self.text.max_tokens
+
+    @property
+    def dimensions(self) -> int:
+        return self._dimensions
+
+    @property
+    def normalizes(self) -> bool:
+        return self._normalizes
+
+    def tokenize(self, texts: Sequence[str]) -> list[TokenizedInput]:
+        return self.text.tokenize(texts)
+
+    def no_vectors(self) -> npt.NDArray[np.float32]:
+        """The result of embedding an empty batch."""
+        return np.zeros((0, self._dimensions), dtype=np.float32)

@@ -21,7 +21,7 @@ import numpy.typing as npt
 import torch
 
 from embedloom.backends.base import TokenizedInput
-from embedloom.backends.text import TextEncoder
+from embedloom.backends.text import EncoderBackend, TextEncoder
 from embedloom.errors import BackendError
 
 __all__ = ["TORCH_DTYPES", "TorchBackend", "cuda_device_count"]
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class TorchBackend:
+class TorchBackend(EncoderBackend):
     """Holds one loaded model; ``embed`` runs on the owning thread only."""
 
     name = "torch"
@@ -60,13 +60,12 @@ class TorchBackend:
         model.eval()
         self._model = model
         modules = list(model.children())
-        self._normalizes = bool(modules) and type(modules[-1]).__name__ == "Normalize"
-        self._modules = modules[:-1] if self._normalizes else modules
+        normalizes = bool(modules) and type(modules[-1]).__name__ == "Normalize"
+        self._modules = modules[:-1] if normalizes else modules
 
         max_tokens = model.max_seq_length
         if max_tokens is None:
             raise BackendError(f"the model at {model_dir} declares no maximum sequence length")
-        self._max_tokens = int(max_tokens)
         # Renamed in sentence-transformers 6; the old name warns there.
         dimension_of = getattr(model, "get_embedding_dimension", None)
         if dimension_of is None:
@@ -74,28 +73,16 @@ class TorchBackend:
         dims = dimension_of()
         if dims is None:
             raise BackendError(f"the model at {model_dir} declares no embedding dimension")
-        self._dimensions = int(dims)
 
         hf_tokenizer = model.tokenizer
         pad_id = hf_tokenizer.pad_token_id
-        self.text = TextEncoder(
+        text = TextEncoder(
             hf_tokenizer.backend_tokenizer.to_str(),
-            max_tokens=self._max_tokens,
+            max_tokens=int(max_tokens),
             pad_id=int(pad_id) if pad_id is not None else 0,
             pad_left=getattr(hf_tokenizer, "padding_side", "right") == "left",
         )
-
-    @property
-    def max_input_tokens(self) -> int:
-        return self._max_tokens
-
-    @property
-    def dimensions(self) -> int:
-        return self._dimensions
-
-    @property
-    def normalizes(self) -> bool:
-        return self._normalizes
+        super().__init__(text, dimensions=int(dims), normalizes=normalizes)
 
     @property
     def device(self) -> str:
@@ -104,12 +91,9 @@ class TorchBackend:
     def compute_threads(self) -> int:
         return int(torch.get_num_threads())
 
-    def tokenize(self, texts: Sequence[str]) -> list[TokenizedInput]:
-        return self.text.tokenize(texts)
-
     def embed(self, batch: Sequence[TokenizedInput]) -> npt.NDArray[np.float32]:
         if not batch:
-            return np.zeros((0, self._dimensions), dtype=np.float32)
+            return self.no_vectors()
         features: dict[str, Any] = {
             name: torch.from_numpy(array).to(self._device)
             for name, array in self.text.collate(batch).items()
@@ -123,7 +107,7 @@ class TorchBackend:
     def __repr__(self) -> str:
         return (
             f"<TorchBackend device={self._device} dtype={self.dtype} dims={self._dimensions} "
-            f"max_tokens={self._max_tokens} normalizes={self._normalizes}>"
+            f"max_tokens={self.max_input_tokens} normalizes={self._normalizes}>"
         )
 
 

@@ -131,18 +131,23 @@ def open_variant(
 
 
 def onnx_export(variant: Variant, model_dir: Path, store: ModelStore) -> Path:
-    """The directory of ``variant``'s ONNX export, built if this machine has none."""
-    fp32 = store.derived(
-        model_dir,
-        f"onnx-v{_EXPORT_FORMAT}-fp32",
-        lambda into: _exporter().export_fp32(model_dir, into),
-    )
+    """The directory of ``variant``'s ONNX export, built if this machine has none.
+    int8 is quantised from the fp32 export, which is only looked at (and built if
+    need be) when int8 itself has to be built."""
+
+    def fp32() -> Path:
+        return store.derived(
+            model_dir,
+            f"onnx-v{_EXPORT_FORMAT}-fp32",
+            lambda into: _exporter().export_fp32(model_dir, into),
+        )
+
     if variant.dtype == "fp32":
-        return fp32
+        return fp32()
     return store.derived(
         model_dir,
         f"onnx-v{_EXPORT_FORMAT}-{variant.dtype}",
-        lambda into: _exporter().export_int8(fp32, into),
+        lambda into: _exporter().export_int8(fp32(), into),
     )
 
 

@@ -113,3 +113,13 @@ def test_a_public_bind_without_a_key_is_warned_about(
     with caplog.at_level("WARNING"):
         warn_if_exposed(Settings(host=host, api_key=keys))
     assert ("without an API key" in caplog.text) is warned
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("backend", "tensorrt"), ("dtype", "fp8"), ("sharing", "pool")]
+)
+def test_a_value_outside_a_fields_choices_is_refused_by_the_constructor_too(
+    field: str, value: str
+) -> None:
+    with pytest.raises(SettingsError, match=f"{field} must be one of .*got '{value}'"):
+        Settings(**{field: value})  # type: ignore[arg-type]

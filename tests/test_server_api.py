@@ -112,6 +112,13 @@ def test_health_info_metrics_docs(client: httpx.Client) -> None:
     assert info["dimensions"] == 384
     assert info["max_input_length"] == 256
     assert info["backend"] == "torch"
+    # The suite asks for the reference (conftest): no trial, no gate figures.
+    assert info["model_dtype"] == "float32"
+    assert info["backend_choice"] == {
+        "variant": "torch/fp32",
+        "reason": "the fp32 reference, as asked",
+        "accuracy_gate": None,
+    }
     assert {"max_batch_tokens", "max_client_batch_size", "version"} <= info.keys()
     assert info["sharing"] in {"dedicated", "replicas"}
     assert info["replicas"] * info["threads_per_replica"] <= info["thread_budget"]
@@ -132,6 +139,8 @@ def test_health_info_metrics_docs(client: httpx.Client) -> None:
         "embedloom_thread_budget",
     ):
         assert name in metrics.text, name
+    assert 'backend="torch"' in metrics.text
+    assert 'dtype="fp32"' in metrics.text
     assert client.get("/docs").status_code == 200
     schema = client.get("/openapi.json").json()
     assert {"/v1/embeddings", "/embed", "/health", "/info", "/metrics"} <= schema["paths"].keys()

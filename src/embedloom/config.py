@@ -9,6 +9,7 @@ flags from this class, and this module is the only place that reads
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import typing
 from collections.abc import Mapping
@@ -211,10 +212,12 @@ class Settings:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.workers < 1:
             raise SettingsError(f"workers must be at least 1, got {self.workers}")
-        for name, allowed in (("backend", BackendName), ("dtype", DType)):
-            if getattr(self, name) not in get_args(allowed):
-                choices = ", ".join(get_args(allowed))
-                raise SettingsError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        # Flags and variables are checked as they are parsed; this catches a bad
+        # value given to the constructor, for every field with a fixed set of values.
+        for name, choices in _fields_with_choices():
+            if (value := getattr(self, name)) not in choices:
+                allowed = ", ".join(choices)
+                raise SettingsError(f"{name} must be one of {allowed}, got {value!r}")
         if self.replicas < 0 or self.threads < 0:
             raise SettingsError("replicas and threads must not be negative (0 means automatic)")
         if self.batch_overhead_tokens < 0:
@@ -317,6 +320,11 @@ class SettingSpec:
             raise SettingsError(
                 f"{self.env_var}: expected {self.kind.__name__}, got {raw!r}"
             ) from exc
+
+
+@functools.cache
+def _fields_with_choices() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    return tuple((spec.name, spec.choices) for spec in setting_specs() if spec.choices)
 
 
 def setting_specs() -> list[SettingSpec]:

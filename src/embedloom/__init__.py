@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from embedloom.embedder import Embedder
     from embedloom.engine import Embeddings, Engine, EngineState, EngineStatistics, ModelInfo
     from embedloom.errors import (
+        AddressUnavailable,
         BackendError,
         DeadlineExceeded,
         EmbedloomError,
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from embedloom.scope import RequestScope, current_scope, request_scope
 
 _EXPORTS = {
+    "AddressUnavailable": "embedloom.errors",
     "Backend": "embedloom.backends.base",
     "BackendError": "embedloom.errors",
     "DeadlineExceeded": "embedloom.errors",
@@ -63,6 +65,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "AddressUnavailable",
     "Backend",
     "BackendError",
     "DeadlineExceeded",

@@ -10,6 +10,7 @@ to a status code in exactly one table (``embedloom.server.errors``).
      ├── ModelNotFound         a model reference that resolves to nothing (lists where it looked)
      ├── Overloaded            admission refused: the engine is full; carries ``retry_after``
      ├── Unavailable           the engine is not serving: not started, draining, closed
+     ├── AddressUnavailable    the server cannot listen where it was asked to
      └── BackendError          the model failed while running a batch
 
 Lower-layer errors are wrapped with ``raise X(...) from exc`` so the cause
@@ -19,6 +20,7 @@ survives for logs while the message stays ours.
 from __future__ import annotations
 
 __all__ = [
+    "AddressUnavailable",
     "BackendError",
     "DeadlineExceeded",
     "EmbedloomError",
@@ -106,6 +108,10 @@ class Overloaded(EmbedloomError):
 
 class Unavailable(EmbedloomError):
     """The engine is not accepting work: starting, draining, closed or unhealthy."""
+
+
+class AddressUnavailable(EmbedloomError):
+    """The server cannot listen on the address asked for (in use, not ours, privileged)."""
 
 
 class DeadlineExceeded(EmbedloomError):

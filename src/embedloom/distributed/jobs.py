@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from embedloom.config import Settings
 from embedloom.distributed.data import embed_dataset
 from embedloom.distributed.serving import serve_app
+from embedloom.errors import InvalidInput
 
 __all__ = ["run_ray_job", "serve_on_ray"]
 
@@ -56,10 +57,14 @@ def run_ray_job(
     import ray.data
 
     source = Path(source)
+    if not source.exists():
+        raise InvalidInput(f"{source}: no such file or directory")
     if source.suffix != ".parquet" and not source.is_dir():
-        raise ValueError(f"{source}: --ray reads Parquet (a .parquet file or a directory of them)")
+        raise InvalidInput(
+            f"{source}: --ray reads Parquet (a .parquet file or a directory of them)"
+        )
     if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
+        raise InvalidInput(f"{output} exists; pass --overwrite to replace it")
     _connect(address)
     ds = ray.data.read_parquet(str(source))
     embedded = embed_dataset(

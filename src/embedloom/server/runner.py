@@ -21,6 +21,7 @@ from embedloom.config import Settings
 from embedloom.engine import Engine
 from embedloom.server.app import create_app
 from embedloom.server.guard import uvicorn_limits
+from embedloom.server.listen import bind_listener
 
 __all__ = ["serve"]
 
@@ -55,8 +56,13 @@ class _DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def serve(settings: Settings) -> None:
-    """Serve ``settings.model`` on ``settings.host:settings.port`` until SIGTERM/SIGINT."""
+def serve(settings: Settings, *, listener: socket.socket | None = None) -> None:
+    """Serve ``settings.model`` on ``settings.host:settings.port`` until SIGTERM/SIGINT.
+
+    ``listener``: the socket, already bound there (``listen.bind_listener``);
+    bound here first if not given, so an address in use fails at once
+    (``AddressUnavailable``), before the model loads."""
+    listener = listener or bind_listener(settings.host, settings.port)
     engine = Engine.from_settings(settings)
     app = create_app(settings, engine)
     config = uvicorn.Config(
@@ -77,8 +83,9 @@ def serve(settings: Settings) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT)
     }
     try:
-        server.run()
+        server.run(sockets=[listener])
     finally:
+        listener.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if not server.started:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -77,8 +78,15 @@ def _to_root(log: logging.Logger) -> None:
     log.propagate = True
 
 
-def serve_workers(settings: Settings) -> None:
-    """Serve with ``settings.workers`` gunicorn workers until SIGTERM/SIGINT."""
+def serve_workers(settings: Settings, *, listener: socket.socket | None = None) -> None:
+    """Serve with ``settings.workers`` gunicorn workers until SIGTERM/SIGINT.
+
+    ``listener``: the socket, already bound (``listen.bind_listener``); else bound
+    here, before the model is resolved or the backend chosen, so an address in use
+    fails at once. gunicorn adopts this very socket (fd://): no second bind."""
+    from embedloom.server.listen import bind_listener
+
+    listener = listener or bind_listener(settings.host, settings.port)
     metrics_dir = Path(tempfile.mkdtemp(prefix="embedloom-metrics-"))
     # Read at import by the libraries they steer, so set before any of them
     # (numpy, prometheus_client, tokenizers) is imported in this process.
@@ -94,17 +102,20 @@ def serve_workers(settings: Settings) -> None:
     from embedloom.store import ModelStore, resolve_model
     from embedloom.threads import usable_cores
 
-    per_worker = settings.replace(threads=worker_budget(settings, cores=usable_cores().usable))
-    # Resolve (and fetch, once) in the master: a missing model fails here with its
-    # message, instead of as N workers failing to boot; workers then find it stored.
-    model = resolve_model(settings.model, store=ModelStore.for_settings(settings))
-    logger.info("model %s from %s", model.id, model.path)
-    # Likewise the backend: the trial (a child process, so the master holds no
-    # thread pools at fork) runs once here, and every worker reads its record.
-    Engine.choose_backend(per_worker)
     try:
-        _Gunicorn(per_worker, metrics_dir).run()
+        per_worker = settings.replace(threads=worker_budget(settings, cores=usable_cores().usable))
+        # Resolve (and fetch, once) in the master: a missing model fails here with
+        # its message, instead of as N workers failing to boot; workers then find
+        # it stored.
+        model = resolve_model(settings.model, store=ModelStore.for_settings(settings))
+        logger.info("model %s from %s", model.id, model.path)
+        # Likewise the backend: the trial (a child process, so the master holds no
+        # thread pools at fork) runs once here, and every worker reads its record.
+        Engine.choose_backend(per_worker)
+        # gunicorn takes the descriptor over (and closes it when done).
+        _Gunicorn(per_worker, metrics_dir, listener_fd=listener.detach()).run()
     finally:
+        listener.close()  # a no-op once detached
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
@@ -143,7 +154,7 @@ def _native_threads() -> list[str]:
 class _Gunicorn:
     """gunicorn's ``BaseApplication``, configured from ``Settings`` (no config file)."""
 
-    def __init__(self, settings: Settings, metrics_dir: Path) -> None:
+    def __init__(self, settings: Settings, metrics_dir: Path, *, listener_fd: int) -> None:
         outer = self
 
         class Application(BaseApplication):  # type: ignore[misc]
@@ -156,12 +167,13 @@ class _Gunicorn:
 
         self._settings = settings
         self._metrics_dir = metrics_dir
+        self._listener_fd = listener_fd
         self._application = Application()
 
     def options(self) -> dict[str, Any]:
         settings = self._settings
         return {
-            "bind": [f"{settings.host}:{settings.port}"],
+            "bind": [f"fd://{self._listener_fd}"],
             "workers": settings.workers,
             "worker_class": _worker_class(settings),
             "preload_app": settings.preload,

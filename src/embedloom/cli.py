@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from embedloom._version import __version__
 from embedloom.config import Settings, SettingsError, SettingSpec, setting_specs
@@ -14,9 +16,11 @@ from embedloom.errors import EmbedloomError
 
 __all__ = ["main"]
 
+logger = logging.getLogger("embedloom.cli")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="embedloom",
         description="Serve sentence-embedding models with concurrency done right.",
     )
@@ -100,13 +104,19 @@ def _add_ray_flags(parser: argparse.ArgumentParser, unit: str, *, default_cpus: 
         help="run on a Ray cluster (needs the 'ray' extra): its address, or none to join "
         "the cluster in RAY_ADDRESS or start a local one",
     )
+    count = 2 if unit == "actor" else 1
     parser.add_argument(
-        f"--ray-{unit}s", type=int, default=2 if unit == "actor" else 1, help=f"with --ray: {unit}s"
+        f"--ray-{unit}s",
+        type=int,
+        default=count,
+        metavar="N",
+        help=f"with --ray: how many {unit}s (default {count})",
     )
     parser.add_argument(
         "--ray-cpus",
         type=float,
         default=default_cpus,
+        metavar="CPUS",
         help=f"with --ray: CPUs each {unit} reserves (default {default_cpus:g}); its engine "
         "runs on the whole part of it, at least one thread",
     )
@@ -133,7 +143,7 @@ _ENGINE_SETTINGS = (
 
 
 def _add_setting(parser: argparse.ArgumentParser, spec: SettingSpec) -> None:
-    help_text = f"{spec.help} (default: {spec.default}; env {spec.env_var})"
+    help_text = f"{spec.help} (default: {spec.default_text}; env {spec.env_var})"
     if spec.kind is bool:
         parser.add_argument(
             spec.flag,
@@ -169,9 +179,19 @@ def _parser_for(spec: SettingSpec) -> Callable[[str], object]:
         try:
             return spec.parse(raw)
         except SettingsError as exc:
-            raise argparse.ArgumentTypeError(str(exc).replace(spec.env_var, spec.flag)) from exc
+            # argparse names the flag itself ("argument --port: …").
+            message = str(exc).removeprefix(f"{spec.env_var}: ")
+            raise argparse.ArgumentTypeError(message.replace(spec.env_var, spec.flag)) from exc
 
     return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one ``embedloom: …`` line naming the fix (exit 2),
+    not a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"embedloom: {message} (see {self.prog} --help)\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -182,22 +202,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env(os.environ, **flags)
     except SettingsError as exc:
         parser.error(str(exc))
-    if args.command == "doctor":
-        return _doctor(settings)
-    if args.command == "embed" and args.ray:
-        return _embed_on_ray(settings, args)
-    if args.command == "embed":
-        return _embed(settings, args)
-    if args.command == "serve" and args.ray:
-        return _serve_on_ray(settings, args)
-    if args.command == "pull":
-        return _pull(settings, args.reference)
-    if args.command == "models":
-        return _models(settings)
-    return _serve(settings)
+    try:
+        return _COMMANDS[args.command](settings, args)
+    except (EmbedloomError, SettingsError, ValueError) as exc:
+        return _refuse(str(exc))
+    except OSError as exc:  # a path the user gave: missing, unreadable, unwritable
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _refuse(f"{where}{exc.strerror or exc}")
+    except KeyboardInterrupt:
+        print("embedloom: interrupted", file=sys.stderr)
+        return 130
 
 
-def _doctor(settings: Settings) -> int:
+def _refuse(message: str) -> int:
+    # The cause's traceback is for whoever debugs embedloom, not for the user.
+    logger.debug("refused", exc_info=True)
+    print(f"embedloom: {message}", file=sys.stderr)
+    return 2
+
+
+def _doctor(settings: Settings, args: argparse.Namespace) -> int:
     from embedloom.doctor import run_doctor
 
     text, failed = run_doctor(settings, os.environ)
@@ -206,13 +230,13 @@ def _doctor(settings: Settings) -> int:
 
 
 def _embed(settings: Settings, args: argparse.Namespace) -> int:
-    from embedloom.batch import JobOptions, run_job
     from embedloom.log import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
-    if args.processes < 1:
-        print("embedloom: --processes must be at least 1", file=sys.stderr)
-        return 2
+    if args.ray:
+        return _embed_on_ray(settings, args)
+    from embedloom.batch import JobOptions, run_job
+
     options = JobOptions(
         input=args.input,
         output=args.output,
@@ -228,110 +252,93 @@ def _embed(settings: Settings, args: argparse.Namespace) -> int:
         quiet=args.quiet,
         settings=settings,
     )
-    try:
-        summary = run_job(options)
-    except (EmbedloomError, SettingsError, ValueError) as exc:
-        print(f"embedloom: {exc}", file=sys.stderr)
-        return 2
-    print(summary.line())
+    print(run_job(options).line())
     return 0
 
 
 def _embed_on_ray(settings: Settings, args: argparse.Namespace) -> int:
     from embedloom.distributed.jobs import run_ray_job
-    from embedloom.log import configure_logging
 
-    configure_logging(settings.log_level, settings.log_format)
-    try:
-        rows = run_ray_job(
-            args.input,
-            args.output,
-            address=None if args.ray == "auto" else args.ray,
-            column=args.column or args.field,
-            actors=args.ray_actors,
-            cpus_per_actor=args.ray_cpus,
-            overwrite=args.overwrite,
-            settings=settings,
-        )
-    except (EmbedloomError, SettingsError, ValueError, FileExistsError) as exc:
-        print(f"embedloom: {exc}", file=sys.stderr)
-        return 2
+    rows = run_ray_job(
+        args.input,
+        args.output,
+        address=None if args.ray == "auto" else args.ray,
+        column=args.column or args.field,
+        actors=args.ray_actors,
+        cpus_per_actor=args.ray_cpus,
+        overwrite=args.overwrite,
+        settings=settings,
+    )
     print(f"embedded {rows} rows into {args.output} on Ray")
     return 0
 
 
-def _serve_on_ray(settings: Settings, args: argparse.Namespace) -> int:
-    from embedloom.distributed.jobs import serve_on_ray
+def _pull(settings: Settings, args: argparse.Namespace) -> int:
     from embedloom.log import configure_logging
+    from embedloom.store import ModelStore
 
     configure_logging(settings.log_level, settings.log_format)
-    try:
+    repo_id, _, revision = args.reference.strip().partition("@")
+    store = ModelStore.for_settings(settings)
+    print(store.fetch(repo_id, revision or None, refresh=True))
+    return 0
+
+
+def _models(settings: Settings, args: argparse.Namespace) -> int:
+    from embedloom.store import ModelStore, packaged_models
+
+    store = ModelStore.for_settings(settings)
+    print(f"{'MODEL':<40} {'REVISIONS':<16} {'COMMIT':<12} {'SIZE':>10}  PATH")
+    for model in [*packaged_models(), *store.list()]:
+        print(
+            f"{model.repo_id:<40} {','.join(model.revisions) or '-':<16} "
+            f"{model.commit[:12] or '-':<12} {model.size_bytes / 1e6:>8.1f}MB  {model.path}"
+        )
+    if not store.list():
+        print(f"(no models in the store {store.models} yet: `embedloom pull ORG/NAME` adds one)")
+    return 0
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from embedloom.log import configure_logging
+    from embedloom.server.guard import load_api_keys, warn_if_exposed
+    from embedloom.server.listen import bind_listener, check_address_free
+
+    configure_logging(settings.log_level, settings.log_format)
+    load_api_keys(settings)  # an unreadable key file fails here, not in N workers
+    if args.ray:
+        from embedloom.distributed.jobs import serve_on_ray
+
+        check_address_free(settings.host, settings.port)  # Serve's proxy binds it later
+        warn_if_exposed(settings)
         serve_on_ray(
             settings,
             address=None if args.ray == "auto" else args.ray,
             replicas=args.ray_replicas,
             cpus_per_replica=args.ray_cpus,
         )
-    except (EmbedloomError, SettingsError, ValueError) as exc:
-        print(f"embedloom: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def _pull(settings: Settings, reference: str) -> int:
-    from embedloom.log import configure_logging
-    from embedloom.store import ModelStore
-
-    configure_logging(settings.log_level, settings.log_format)
-    repo_id, _, revision = reference.strip().partition("@")
-    store = ModelStore.for_settings(settings)
-    try:
-        path = store.fetch(repo_id, revision or None, refresh=True)
-    except EmbedloomError as exc:
-        print(f"embedloom: {exc.message}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
-
-
-def _models(settings: Settings) -> int:
-    from embedloom.store import ModelStore
-
-    store = ModelStore.for_settings(settings)
-    stored = store.list()
-    if not stored:
-        print(f"no models in {store.models}")
         return 0
-    print(f"{'MODEL':<40} {'REVISIONS':<16} {'COMMIT':<12} {'SIZE':>10}  PATH")
-    for model in stored:
-        print(
-            f"{model.repo_id:<40} {','.join(model.revisions) or '-':<16} "
-            f"{model.commit[:12]:<12} {model.size_bytes / 1e6:>8.1f}MB  {model.path}"
-        )
+    # First of all, before any model is loaded: a port in use is one line at once.
+    listener = bind_listener(settings.host, settings.port)
+    warn_if_exposed(settings)
+    if settings.workers > 1 or settings.preload:
+        from embedloom.server.workers import serve_workers
+
+        serve_workers(settings, listener=listener)
+    else:
+        from embedloom.server import serve
+
+        serve(settings, listener=listener)
     return 0
 
 
-def _serve(settings: Settings) -> int:
-    from embedloom.log import configure_logging
-
-    configure_logging(settings.log_level, settings.log_format)
-    try:
-        from embedloom.server.guard import load_api_keys, warn_if_exposed
-
-        load_api_keys(settings)  # an unreadable key file fails here, not in N workers
-        warn_if_exposed(settings)
-        if settings.workers > 1 or settings.preload:
-            from embedloom.server.workers import serve_workers
-
-            serve_workers(settings)
-        else:
-            from embedloom.server import serve
-
-            serve(settings)
-    except (EmbedloomError, SettingsError) as exc:
-        print(f"embedloom: {exc}", file=sys.stderr)
-        return 2
-    return 0
+_COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+    "doctor": _doctor,
+    "embed": _embed,
+    "models": _models,
+    "pull": _pull,
+    "serve": _serve,
+}
 
 
 if __name__ == "__main__":  # pragma: no cover

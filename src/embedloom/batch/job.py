@@ -34,7 +34,14 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from embedloom.batch.readers import BatchInputError, Record, Reject, count_rows, read_records
+from embedloom.batch.readers import (
+    BatchInputError,
+    Record,
+    Reject,
+    check_input,
+    count_rows,
+    read_records,
+)
 from embedloom.batch.writers import open_writer, output_format, remove_partial
 from embedloom.config import Settings
 from embedloom.errors import InvalidInput
@@ -122,16 +129,50 @@ class _Progress:
 
 
 def run_job(options: JobOptions) -> JobSummary:
-    """Run (or resume) the job; raises ``InvalidInput`` for input and output problems."""
-    output_format(options.output)  # fail on a bad suffix before any work
+    """Run (or resume) the job; raises ``InvalidInput`` for input and output problems,
+    before anything is written."""
+    _check(options)
+    partial = options.output.with_name(options.output.name + ".partial")
+    resuming = options.resume and partial.is_dir()
+    progress = _prepare(options, partial)
+    try:
+        return _run(options, partial, progress)
+    except BaseException:
+        # A run that wrote nothing leaves nothing: no partial to trip the next run
+        # ("pass --resume"), which would only be resuming a mistake.
+        if not resuming and progress.chunks == 0:
+            remove_partial(partial)
+        raise
+
+
+def _check(options: JobOptions) -> None:
+    """Every mistake that can be seen without embedding, each naming its fix."""
+    output_format(options.output)
+    if options.processes < 1:
+        raise InvalidInput("--processes must be at least 1")
     if options.chunk_size < options.settings.max_batch_size:
         raise InvalidInput(
             f"--chunk-size must be at least one batch ({options.settings.max_batch_size}): "
             "smaller chunks only add per-chunk overhead"
         )
-    partial = options.output.with_name(options.output.name + ".partial")
+    if options.resume and options.overwrite:
+        raise InvalidInput("--resume and --overwrite contradict each other; pass one")
+    if options.resume and options.input == "-":
+        raise InvalidInput("a job reading stdin cannot be resumed; drop --resume")
+    check_input(
+        options.input, field=options.field, id_field=options.id_field, column=options.column
+    )
+    folder = options.output.parent
+    if not folder.is_dir():
+        raise InvalidInput(f"{folder}: no such directory for the output; create it first")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InvalidInput(f"{folder}: not writable; pass -o with a path you can write")
+    if options.output.is_dir():
+        raise InvalidInput(f"{options.output} is a directory; -o names the output file")
+
+
+def _run(options: JobOptions, partial: Path, progress: _Progress) -> JobSummary:
     rejects_path = options.output.with_name(options.output.name + ".rejects.jsonl")
-    progress = _prepare(options, partial)
     started = time.perf_counter()
     writer = open_writer(
         options.output, partial, dtype=options.output_dtype, with_ids=options.id_field is not None
@@ -213,8 +254,6 @@ def _prepare(options: JobOptions, partial: Path) -> _Progress:
                 f"{partial} belongs to a run with other input or options; "
                 "pass --overwrite to start again"
             )
-        if options.input == "-":
-            raise InvalidInput("a job reading stdin cannot be resumed")
         progress = _Progress(**saved["progress"])
         logger.info(
             "resuming: %d chunks (%d rows) already written", progress.chunks, progress.rows_read

@@ -19,7 +19,7 @@ import orjson
 
 from embedloom.errors import InvalidInput
 
-__all__ = ["BatchInputError", "Record", "Reject", "count_rows", "read_records"]
+__all__ = ["BatchInputError", "Record", "Reject", "check_input", "count_rows", "read_records"]
 
 # Rows read from a columnar file at a time: bounded memory whatever the file size.
 _ARROW_BATCH_ROWS = 8192
@@ -70,6 +70,76 @@ def read_records(
     if kind == "jsonl":
         return _jsonl(path, field, id_field)
     return _columnar(path, kind, column or field)
+
+
+def check_input(
+    path: str, *, field: str = "text", id_field: str | None = None, column: str | None = None
+) -> None:
+    """Fail now, naming the problem and its fix, if ``path`` cannot be read as asked:
+    a missing or unreadable file, an unknown format, a column or field it lacks.
+    Cheap (the file's head only), so a job checks before it writes anything."""
+    kind = input_format(path)
+    if path == "-":
+        return
+    source = Path(path)
+    if not source.exists():
+        raise BatchInputError(f"{path}: no such file")
+    if not source.is_file():
+        raise BatchInputError(f"{path}: not a file (a directory?); give one input file")
+    try:
+        with source.open("rb") as handle:
+            head = handle.read(_HEAD_BYTES)
+    except OSError as exc:
+        raise BatchInputError(f"{path}: cannot read it ({exc.strerror})") from exc
+    if kind == "jsonl":
+        _check_jsonl_head(path, head, field, id_field)
+    elif kind in ("csv", "parquet"):
+        names = _column_names(path, kind)
+        wanted = column or field
+        if wanted not in names:
+            raise BatchInputError(
+                f"{path}: no column {wanted!r} (columns: {', '.join(names) or 'none'}); "
+                "name the text column with --column"
+            )
+
+
+# Enough of a file's start to find its first record.
+_HEAD_BYTES = 1 << 20
+
+
+def _check_jsonl_head(path: str, head: bytes, field: str, id_field: str | None) -> None:
+    """The first line that is a JSON object must have the field (and the id field):
+    a wrong ``--field`` is a mistake about the whole file, not about every row."""
+    for number, raw in enumerate(head.splitlines(), start=1):
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue  # a bad row: the job rejects it in its place
+        if not isinstance(value, dict):
+            continue
+        for flag, name in (("--field", field), ("--id-field", id_field)):
+            if name is not None and name not in value:
+                fields = ", ".join(map(repr, value)) or "none"
+                raise BatchInputError(
+                    f"{path}:{number}: no field {name!r} in the first record "
+                    f"(its fields: {fields}); pass {flag} to name it"
+                )
+        return
+
+
+def _column_names(path: str, kind: str) -> list[str]:
+    import pyarrow as pa
+
+    try:
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.ParquetFile(path).schema_arrow.names)
+        from pyarrow import csv
+
+        return list(csv.open_csv(path).schema.names)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise BatchInputError(f"{path}: cannot read it as {kind.upper()}: {exc}") from exc
 
 
 def count_rows(path: str) -> int | None:

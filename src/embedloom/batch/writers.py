@@ -26,6 +26,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from embedloom.errors import InvalidInput
+
 __all__ = ["OutputWriter", "open_writer", "output_format", "remove_partial"]
 
 # Rows per memory-map window when the .npy is assembled.
@@ -55,7 +57,7 @@ class OutputWriter(Protocol):
 def output_format(path: Path) -> str:
     suffix = path.suffix.lower().lstrip(".")
     if suffix not in ("parquet", "npy"):
-        raise ValueError(f"{path}: unknown output format {suffix!r}; use .parquet or .npy")
+        raise InvalidInput(f"{path}: unknown output format {suffix!r}; use .parquet or .npy")
     return suffix
 
 

@@ -253,13 +253,11 @@ ROUTES = [
     ("POST", "/embed_stream", {"inputs": ["x"]}),
     ("GET", "/info", None),
     ("GET", "/metrics", None),
-    ("GET", "/openapi.json", None),
-    ("GET", "/docs", None),
 ]
 
 
 @pytest.mark.parametrize(("method", "path", "body"), ROUTES, ids=[r[1] for r in ROUTES])
-def test_every_route_but_health_needs_a_right_key(
+def test_every_route_but_health_and_docs_needs_a_right_key(
     guarded: ServerProcess, method: str, path: str, body: object
 ) -> None:
     with httpx.Client(base_url=guarded.url, timeout=60) as client:
@@ -284,9 +282,21 @@ def test_every_route_but_health_needs_a_right_key(
             assert served.status_code == 200, served.text
 
 
-def test_health_needs_no_key(guarded: ServerProcess) -> None:
+def test_health_and_the_api_description_need_no_key(guarded: ServerProcess) -> None:
+    """Probes, and the page that describes the API (a browser cannot send a bearer
+    header to open it): the schema declares the bearer scheme, so the page's
+    "Authorize" button sends the key with every request tried from it."""
     with httpx.Client(base_url=guarded.url, timeout=30) as client:
         assert client.get("/health").json() == {"status": "ok"}
+        assert "swagger-ui" in client.get("/docs").text
+        assert client.get("/docs/assets/swagger-ui-bundle.js").status_code == 200
+        schema = client.get("/openapi.json").json()
+        assert schema["components"]["securitySchemes"] == {
+            "apiKey": {"type": "http", "scheme": "bearer"}
+        }
+        assert schema["security"] == [{"apiKey": []}]
+        # The description opens nothing else: a path that only looks like the assets'.
+        assert client.get("/docs/assetsx").status_code == 401
 
 
 def test_keys_never_reach_the_log(guarded: ServerProcess) -> None:

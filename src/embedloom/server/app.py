@@ -19,6 +19,7 @@ from embedloom.config import Settings
 from embedloom.engine import Engine, EngineState
 from embedloom.errors import EmbedloomError
 from embedloom.server import openai, ops, stream, tei
+from embedloom.server.docs import install_docs
 from embedloom.server.errors import error_response, response_for
 from embedloom.server.guard import RequestGuard, load_api_keys
 from embedloom.server.metrics import ServerMetrics
@@ -67,6 +68,8 @@ def create_app(
         version=__version__,
         summary="Sentence embeddings over HTTP: OpenAI- and TEI-compatible.",
         lifespan=lifespan,
+        docs_url=None,  # served from the package instead (server/docs.py)
+        redoc_url=None,  # ReDoc would need a CDN; /docs is the one API page
     )
     metrics = ServerMetrics(engine, multiprocess_dir=metrics_dir)
     app.state.embedloom = ServerState(engine=engine, settings=settings, metrics=metrics)
@@ -74,10 +77,12 @@ def create_app(
     app.include_router(tei.router)
     app.include_router(stream.router)
     app.include_router(ops.router)
+    api_keys = load_api_keys(settings)
+    install_docs(app, with_api_keys=bool(api_keys))
     _install_error_handlers(app)
     # Added last is outermost: the request context wraps the guard, so refusals
     # are logged and counted with a request id like every other answer.
-    app.add_middleware(RequestGuard, settings=settings, api_keys=load_api_keys(settings))
+    app.add_middleware(RequestGuard, settings=settings, api_keys=api_keys)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, settings=settings)
     return app
 

@@ -20,14 +20,16 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedloom.config import Settings, SettingsError
+from embedloom.server.docs import ASSETS_URL, DOCS_URL, OPENAPI_URL
 from embedloom.server.errors import error_response
 
 __all__ = ["RequestGuard", "load_api_keys", "uvicorn_limits", "warn_if_exposed"]
 
 logger = logging.getLogger(__name__)
 
-# Routes a load balancer or orchestrator probes without credentials.
-_OPEN_PATHS = frozenset({"/health"})
+# Routes a load balancer or orchestrator probes without credentials, and the API's
+# description (see server/docs.py: why it needs no key).
+_OPEN_PATHS = frozenset({"/health", DOCS_URL, OPENAPI_URL})
 # JSON, and curl's default for ``-d``: ``curl -d '{...}'`` sends a JSON body labelled
 # as a form, and refusing the commonest way to try an API helps no one.
 _JSON_TYPES = frozenset({"application/json", "application/x-www-form-urlencoded"})
@@ -78,6 +80,10 @@ def warn_if_exposed(settings: Settings) -> None:
     )
 
 
+def _is_open(path: str) -> bool:
+    return path in _OPEN_PATHS or path.startswith(ASSETS_URL + "/")
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -115,7 +121,7 @@ class RequestGuard:
 
     def _refusal(self, scope: Scope) -> tuple[int, str, str, dict[str, str]] | None:
         headers = _headers(scope)
-        if self._keys and scope["path"] not in _OPEN_PATHS and not self._authorised(headers):
+        if self._keys and not _is_open(scope["path"]) and not self._authorised(headers):
             return (
                 401,
                 "missing or wrong API key: send the header 'Authorization: Bearer <key>'",

@@ -7,6 +7,8 @@ import gc
 import logging
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,11 +20,22 @@ from tests.helpers import ServerProcess, sample_texts
 
 # Nothing in the suite may reach the Hugging Face hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Nor write outside temporary directories: the model store (exports, trial
+# records) of this session lives in one, removed at the end (the servers the
+# tests start inherit the variable). A developer's own EMBEDLOOM_HOME is not used.
+_STORE_HOME = tempfile.mkdtemp(prefix="embedloom-test-home-")
+os.environ["EMBEDLOOM_HOME"] = _STORE_HOME
 # The suite checks vectors against sentence-transformers to 1e-5, which only the
 # fp32 torch reference meets; the other variants have tests of their own
 # (test_variants.py) that ask for them by name.
 os.environ.setdefault("EMBEDLOOM_BACKEND", "torch")
 os.environ.setdefault("EMBEDLOOM_DTYPE", "fp32")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_the_store_home() -> Iterator[None]:
+    yield
+    shutil.rmtree(_STORE_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +55,12 @@ def reference_model(model_dir: Path) -> object:
 
 @pytest.fixture(scope="session")
 def reference_encode(reference_model: object) -> object:
+    """sentence-transformers' vectors for ``texts``. Seconds of blocking work: an async
+    test hands it to ``run_in_thread``; called on the loop, it fails at once."""
+    from embedloom.offload import refuse_on_event_loop
+
     def encode(texts: list[str]) -> npt.NDArray[np.float32]:
+        refuse_on_event_loop("reference_encode")
         return np.asarray(reference_model.encode(texts, batch_size=32))  # type: ignore[attr-defined]
 
     return encode

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from embedloom import BackendError, Engine, Settings, Unavailable
+from embedloom.offload import run_in_thread
 from embedloom.server import create_app
 from embedloom.sharing import SharingPlan
 from tests.fakes import FakeBackend, inline, signature
@@ -234,7 +235,7 @@ async def test_a_poisoned_input_among_32_fails_alone_on_the_real_model(
     assert len(failures) == 1
     assert results.index(failures[0]) == 5
     good = [r.vectors[0] for r in results if not isinstance(r, BaseException)]
-    reference = reference_encode([t for t in texts if t != poison])
+    reference = await run_in_thread(reference_encode, [t for t in texts if t != poison])
     np.testing.assert_allclose(np.stack(good), reference, atol=1e-5)
     assert stats.batches_split >= 1
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,11 @@ from tests.helpers import sample_texts  # noqa: E402
 def cluster() -> Iterator[str]:
     """A local Ray of 2 CPUs for this module; its GCS address."""
     os.environ["RAY_AUTH_MODE"] = "disabled"
+    # Ray's sessions (logs, sockets) in a directory of the test's own, not /tmp/ray;
+    # short, since Unix socket paths inside it are limited to 107 bytes.
+    sessions = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     context = ray.init(
+        _temp_dir=sessions,
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
@@ -38,6 +44,7 @@ def cluster() -> Iterator[str]:
         yield str(context.address_info["gcs_address"])
     finally:
         ray.shutdown()
+        shutil.rmtree(sessions, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

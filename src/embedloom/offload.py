@@ -24,6 +24,7 @@ __all__ = [
     "iterate_in_thread",
     "new_process_pool",
     "new_thread_pool",
+    "refuse_on_event_loop",
     "run_in_thread",
     "start_thread",
 ]
@@ -53,6 +54,24 @@ async def run_in_thread(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
     context = contextvars.copy_context()
     call = functools.partial(context.run, fn, *args, **kwargs)
     return await asyncio.get_running_loop().run_in_executor(_shared_executor(), call)
+
+
+def refuse_on_event_loop(what: str) -> None:
+    """Raise if called on a thread that is running an event loop.
+
+    For the blocking calls that take long (a model's forward pass): on the loop's
+    thread they stall every request the loop serves. asyncio's debug mode only
+    reports a slow step after the fact, and only past a time threshold that a
+    busy machine crosses by chance; this fails the first such call, every time.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(
+        f"{what} blocks, and was called on the event loop's thread; "
+        "hand it to embedloom.offload.run_in_thread"
+    )
 
 
 def start_thread(target: Callable[[], object], *, name: str) -> threading.Thread:

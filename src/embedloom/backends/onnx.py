@@ -22,6 +22,7 @@ import numpy.typing as npt
 from embedloom.backends.base import TokenizedInput
 from embedloom.backends.text import EncoderBackend, TextEncoder
 from embedloom.errors import BackendError
+from embedloom.offload import refuse_on_event_loop
 
 __all__ = ["MODEL_FILE", "SHAPE_FILE", "TOKENIZER_FILE", "OnnxBackend", "onnxruntime_missing"]
 
@@ -85,6 +86,7 @@ class OnnxBackend(EncoderBackend):
         return usable_cores().usable
 
     def embed(self, batch: Sequence[TokenizedInput]) -> npt.NDArray[np.float32]:
+        refuse_on_event_loop("OnnxBackend.embed")
         if not batch:
             return self.no_vectors()
         arrays = self.text.collate(batch)

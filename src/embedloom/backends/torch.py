@@ -23,6 +23,7 @@ import torch
 from embedloom.backends.base import TokenizedInput
 from embedloom.backends.text import EncoderBackend, TextEncoder
 from embedloom.errors import BackendError
+from embedloom.offload import refuse_on_event_loop
 
 __all__ = ["TORCH_DTYPES", "TorchBackend", "cuda_device_count"]
 
@@ -92,6 +93,7 @@ class TorchBackend(EncoderBackend):
         return int(torch.get_num_threads())
 
     def embed(self, batch: Sequence[TokenizedInput]) -> npt.NDArray[np.float32]:
+        refuse_on_event_loop("TorchBackend.embed")
         if not batch:
             return self.no_vectors()
         features: dict[str, Any] = {

@@ -1,8 +1,9 @@
 """A local HTTP server that plays the Hugging Face hub for ``huggingface_hub``.
 
-It serves directories as model repos under made-up ids — the two routes the
-model store uses: the model-info API (with file sizes and LFS SHA-256) and
-``resolve`` downloads — and counts every download per file. It can be told to
+It serves directories as model repos under made-up ids — the model-info API
+(with file sizes and LFS SHA-256), ``resolve`` downloads, and the ``HEAD`` of a
+file that ``huggingface_hub``'s own downloader asks first — and counts every
+download per file. It can be told to
 be slow, to fail a file, or to cut a file's download half-way. Point a process
 at it with ``HF_ENDPOINT=hub.url``.
 """
@@ -117,7 +118,9 @@ class FakeHub:
 
             def do_GET(self) -> None:
                 path = unquote(urlsplit(self.path).path)
-                if path.startswith("/api/models/"):
+                if path.startswith("/api/models/") and "/tree/" in path:
+                    self._tree(path.removeprefix("/api/models/"))
+                elif path.startswith("/api/models/"):
                     self._info(path.removeprefix("/api/models/"))
                 elif "/resolve/" in path:
                     self._resolve(path.lstrip("/"))
@@ -130,16 +133,51 @@ class FakeHub:
                 repo_id, _, revision = rest.partition("/revision/")
                 self._send(*hub._model_info(repo_id, revision or "main"))
 
-            def _resolve(self, rest: str) -> None:
+            def do_HEAD(self) -> None:
+                # What huggingface_hub asks before each download (its file metadata):
+                # the headers of the GET, no body, and no download counted.
+                path = unquote(urlsplit(self.path).path)
+                if "/resolve/" in path:
+                    self._resolve(path.lstrip("/"), head=True)
+                else:
+                    self._send(*_error(404, "EntryNotFound", path), head=True)
+
+            def _tree(self, rest: str) -> None:
+                # The files under a folder, as transformers asks for optional ones
+                # (a tokenizer's chat templates); a folder the repo lacks is a 404.
+                repo_id, _, tail = rest.partition("/tree/")
+                _, _, folder = tail.partition("/")
+                repo = hub._repos.get(repo_id)
+                if repo is None:
+                    self._send(*_error(404, "RepoNotFound", repo_id))
+                    return
+                prefix = folder.strip("/") + "/" if folder.strip("/") else ""
+                entries = [
+                    {"type": "file", "path": name, "size": path.stat().st_size, "oid": "0" * 40}
+                    for name, path in sorted(repo.files.items())
+                    if name.startswith(prefix)
+                ]
+                if not entries:
+                    self._send(*_error(404, "EntryNotFound", folder))
+                    return
+                body = json.dumps(entries).encode()
+                self._send(200, {"Content-Type": "application/json"}, body)
+
+            def _resolve(self, rest: str, *, head: bool = False) -> None:
                 repo_id, _, tail = rest.partition("/resolve/")
                 revision, _, filename = tail.partition("/")
                 repo = hub._repos.get(repo_id)
                 if repo is None or revision not in ("main", repo.commit):
-                    self._send(*_error(404, "RepoNotFound", repo_id))
+                    self._send(*_error(404, "RepoNotFound", repo_id), head=head)
                     return
                 file = repo.files.get(filename)
                 if file is None:
-                    self._send(*_error(404, "EntryNotFound", filename))
+                    self._send(*_error(404, "EntryNotFound", filename), head=head)
+                    return
+                if head:
+                    self.send_response(200)
+                    self._file_headers(repo, filename, file.stat().st_size)
+                    self.end_headers()
                     return
                 with hub._lock:
                     hub._downloads[(repo_id, filename)] += 1
@@ -151,10 +189,7 @@ class FakeHub:
                 if filename in behaviour.corrupt:
                     data = bytes([data[0] ^ 0xFF]) + data[1:]
                 self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("ETag", f'"{repo.sha256[filename]}"')
-                self.send_header("X-Repo-Commit", repo.commit)
+                self._file_headers(repo, filename, len(data))
                 self.end_headers()
                 half = len(data) // 2
                 cut = filename in behaviour.cut
@@ -169,13 +204,22 @@ class FakeHub:
                         # The hub's network speed, not synchronisation.
                         time.sleep(behaviour.seconds_per_chunk)
 
-            def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
+            def _file_headers(self, repo: _Repo, filename: str, size: int) -> None:
+                self.send_header("Content-Length", str(size))
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("ETag", f'"{repo.sha256[filename]}"')
+                self.send_header("X-Repo-Commit", repo.commit)
+
+            def _send(
+                self, status: int, headers: dict[str, str], body: bytes, *, head: bool = False
+            ) -> None:
                 self.send_response(status)
                 for key, value in headers.items():
                     self.send_header(key, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if not head:
+                    self.wfile.write(body)
 
         return Handler
 

@@ -107,6 +107,17 @@ class ServerProcess:
             if predicate(entry):
                 return entry
 
+    def engine_pids(self, count: int) -> set[int]:
+        """Wait until ``count`` more processes (workers) have logged their engine
+        running; their pids."""
+        pids: set[int] = set()
+        while len(pids) < count:
+            entry = self.wait_for_log(
+                lambda e: "pid" in e and "engine running" in e["message"], 180
+            )
+            pids.add(int(entry["pid"]))
+        return pids
+
     def log_entries(self) -> list[dict[str, Any]]:
         with self._log_lock:
             return list(self.log)

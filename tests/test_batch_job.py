@@ -180,12 +180,22 @@ def test_bad_txt_and_csv_rows_and_a_missing_column(tmp_path: Path) -> None:
         job(tmp_path, parquet, "d.parquet", column="body")
 
 
+def test_a_fixed_mistake_needs_no_resume(tmp_path: Path) -> None:
+    """The trap of the first hour: a wrong column used to leave a partial run that
+    every later run tripped over ("pass --resume"), and --resume then refused."""
+    source = write_input(tmp_path, "csv", ["one", "two"])
+    with pytest.raises(BatchInputError, match="no column 'body'"):
+        job(tmp_path, source, "out.parquet", column="body")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input.csv"]
+    assert job(tmp_path, source, "out.parquet", column="text").rows == 2
+
+
 # -- resume after kill -9 -----------------------------------------------------------
 
 
 @pytest.mark.parametrize("suffix", ["parquet", "npy"])
 def test_killed_then_resumed_output_is_byte_identical(tmp_path: Path, suffix: str) -> None:
-    source = write_input(tmp_path, "txt", sample_texts(1000, seed=5, words=(3, 10)))
+    source = write_input(tmp_path, "txt", sample_texts(640, seed=5, words=(3, 10)))
     flags = ["--chunk-size", "64", "--quiet", "--log-format", "json", "--log-level", "debug"]
     whole = tmp_path / f"whole.{suffix}"
     subprocess.run(

@@ -176,14 +176,3 @@ def test_a_port_in_use_is_refused_before_the_model_loads(mode: list[str]) -> Non
     _mistake(result, f"127.0.0.1:{port}", "already in use", "--port")
     # Refused before the model: nothing was logged about loading or choosing it.
     assert "model" not in result.stderr.split("embedloom: ", 1)[0]
-
-
-def test_a_fixed_mistake_needs_no_resume(tmp_path: Path) -> None:
-    """The trap of the first hour: a wrong column used to leave a partial run that
-    every later run tripped over ("pass --resume"), and --resume then refused."""
-    _inputs(tmp_path)
-    output = tmp_path / "out.parquet"
-    _mistake(run("embed", str(tmp_path / "in.csv"), "-o", str(output), "--column", "title"))
-    fixed = run("embed", str(tmp_path / "in.csv"), "-o", str(output), "--column", "body", "--quiet")
-    assert fixed.returncode == 0, fixed.stderr
-    assert "embedded 1 rows" in fixed.stdout

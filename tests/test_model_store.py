@@ -189,27 +189,6 @@ def test_a_fetcher_killed_mid_download_is_recovered_from_by_the_next_start(
     assert partials(tmp_path) == []  # cleaned up by the next lock holder
 
 
-def test_eight_processes_at_once_download_each_file_exactly_once(
-    hub: FakeHub, tmp_path: Path
-) -> None:
-    # Slow enough that all eight are up and waiting on the lock while one downloads
-    # (about 3 s for the weights); the counts below do not depend on it.
-    hub.behaviour.seconds_per_chunk = 0.002
-    children = [resolver(hub, tmp_path) for _ in range(8)]
-    results = []
-    for child in children:
-        out, err = child.communicate(timeout=170)
-        assert child.returncode == 0, err
-        results.append(json.loads(out))
-
-    assert len({r["path"] for r in results}) == 1
-    assert len({r["weights"] for r in results}) == 1
-    downloads = hub.downloads()
-    assert set(downloads.values()) == {1}, downloads
-    assert {name for _, name in downloads} == set(hub.files(REPO)) - {".gitattributes"}
-    assert partials(tmp_path) == []
-
-
 def test_pull_then_models_then_offline_serve_finds_it(hub: FakeHub, tmp_path: Path) -> None:
     embedloom = str(Path(sys.executable).with_name("embedloom"))
     env = child_env(hub, tmp_path)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import re
 import threading
 import traceback
@@ -67,36 +66,6 @@ async def test_scope_does_not_leak_between_tasks() -> None:
         task = asyncio.create_task(other())
     with request_scope("later"):
         assert await task == "mine"
-
-
-# -- the naive failure, and the fix ----------------------------------------------
-
-_tenant: contextvars.ContextVar[str] = contextvars.ContextVar("tenant", default="unknown")
-
-
-async def test_run_in_executor_loses_the_context_and_run_in_thread_keeps_it() -> None:
-    _tenant.set("acme")
-    with ThreadPoolExecutor(max_workers=1) as plain:
-        naive = await asyncio.get_running_loop().run_in_executor(plain, _tenant.get)
-    assert naive == "unknown"  # the failure this project exists to avoid
-    assert await run_in_thread(_tenant.get) == "acme"
-
-
-async def test_a_generator_stepped_through_run_in_executor_loses_the_context_the_bridge_keeps() -> (
-    None
-):
-    def tenants() -> Iterator[str]:
-        for _ in range(3):
-            yield _tenant.get()
-
-    _tenant.set("acme")
-    loop = asyncio.get_running_loop()
-    generator = tenants()
-    with ThreadPoolExecutor(max_workers=1) as plain:
-        naive = [await loop.run_in_executor(plain, next, generator) for _ in range(3)]
-    assert naive == ["unknown"] * 3
-    async with iterate_in_thread(tenants) as items:
-        assert [item async for item in items] == ["acme"] * 3
 
 
 # -- the bridge ------------------------------------------------------------------

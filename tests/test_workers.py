@@ -24,15 +24,6 @@ pytestmark = pytest.mark.model
 MODEL = "all-MiniLM-L6-v2"
 
 
-def engine_pids(server: ServerProcess, count: int) -> set[int]:
-    """Wait until ``count`` more workers have logged their engine running."""
-    pids: set[int] = set()
-    while len(pids) < count:
-        entry = server.wait_for_log(lambda e: "pid" in e and "engine running" in e["message"], 180)
-        pids.add(int(entry["pid"]))
-    return pids
-
-
 def embed(url: str, texts: list[str], model: str = MODEL) -> tuple[int, np.ndarray[Any, Any]]:
     """One request on a fresh connection (so the kernel picks a worker each time)."""
     body = {"input": texts, "model": model}
@@ -77,7 +68,7 @@ class Cluster:
 @pytest.fixture(scope="module")
 def preloaded() -> Iterator[Cluster]:
     with ServerProcess.start("--workers", "2", "--preload") as server:
-        yield Cluster(server, engine_pids(server, 2))
+        yield Cluster(server, server.engine_pids(2))
         assert server.terminate() == 0
 
 
@@ -148,7 +139,7 @@ def test_a_killed_worker_is_replaced_and_no_other_request_is_lost(
         until_seen(preloaded.url, {victim, survivor}, texts[:1])  # both are serving
         killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
-        [replacement] = engine_pids(preloaded.server, 1)
+        [replacement] = preloaded.server.engine_pids(1)
         preloaded.workers = {survivor, replacement}
         answers, _ = until_seen(preloaded.url, {replacement}, texts[:2])
     finally:
@@ -196,7 +187,7 @@ def test_two_multi_worker_servers_started_together_on_one_empty_store(
             assert not errors, errors
             assert len(starts) == 2
             for server in starts:
-                engine_pids(server, 2)
+                server.engine_pids(2)
                 _, vectors = embed(server.url, ["hello"], model="acme/minilm")
                 assert vectors.shape == (1, 384)
             assert set(hub.downloads().values()) == {1}, hub.downloads()

@@ -393,7 +393,21 @@ def _progress_bar(options: JobOptions, total: int | None, already: int) -> Any:
 
 
 def _peak_rss_mb(with_children: bool) -> float:
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_kb = _own_peak_rss_kb()
     if with_children:
         peak_kb += resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return peak_kb / 1024
+
+
+def _own_peak_rss_kb() -> int:
+    """This process's peak RSS. Linux keeps ``ru_maxrss`` across ``exec``, so a job
+    started by a large process (a test runner, a notebook) would report that
+    process's peak; ``VmHWM`` is this program's own."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

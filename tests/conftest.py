@@ -25,6 +25,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 # tests start inherit the variable). A developer's own EMBEDLOOM_HOME is not used.
 _STORE_HOME = tempfile.mkdtemp(prefix="embedloom-test-home-")
 os.environ["EMBEDLOOM_HOME"] = _STORE_HOME
+# The libraries' own caches and settings too (onnxruntime's device id, the HF
+# cache, Chromium's dconf): the XDG directories they follow, in the same place.
+os.environ["XDG_CACHE_HOME"] = os.path.join(_STORE_HOME, "xdg-cache")
+os.environ["XDG_CONFIG_HOME"] = os.path.join(_STORE_HOME, "xdg-config")
 # The suite checks vectors against sentence-transformers to 1e-5, which only the
 # fp32 torch reference meets; the other variants have tests of their own
 # (test_variants.py) that ask for them by name.

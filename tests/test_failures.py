@@ -222,44 +222,45 @@ print(json.dumps({"path": str(model.path), "weights": digest.hexdigest()}))
 """
 
 
-def _at_once(code: str, count: int, env: dict[str, str]) -> list[subprocess.CompletedProcess[str]]:
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-c", code],
-            env={**os.environ, **env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(count)
-    ]
-    done = []
-    for child in children:
-        out, err = child.communicate(timeout=170)
-        done.append(subprocess.CompletedProcess(child.args, child.returncode, out, err))
-    return done
+def _load_at_once(
+    code: str, count: int, model_dir: Path, home: Path
+) -> tuple[list[subprocess.CompletedProcess[str]], dict[tuple[str, str], int]]:
+    """``count`` processes run ``code`` at the same moment against the fake hub,
+    with one shared, empty Hugging Face cache; their outcomes, and the hub's
+    downloads per file."""
+    from tests.fake_hub import FakeHub
 
-
-def _hub_env(hub: Any, home: Path) -> dict[str, str]:
-    return {
+    env = {
+        **os.environ,
         "HF_HUB_OFFLINE": "0",
-        "HF_ENDPOINT": hub.url,
         "HF_HUB_DISABLE_XET": "1",
-        "HF_HOME": str(home / "hf"),  # one shared, empty Hugging Face cache
+        "HF_HOME": str(home / "hf"),
         "EMBEDLOOM_HOME": str(home / "embedloom"),
     }
+    with FakeHub({_HUB_REPO: model_dir}) as hub:
+        # Slow enough that all of them are downloading at the same moment.
+        hub.behaviour.seconds_per_chunk = 0.002
+        children = [
+            subprocess.Popen(
+                [sys.executable, "-c", code],
+                env={**env, "HF_ENDPOINT": hub.url},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(count)
+        ]
+        done = []
+        for child in children:
+            out, err = child.communicate(timeout=170)
+            done.append(subprocess.CompletedProcess(child.args, child.returncode, out, err))
+        return done, dict(hub.downloads())
 
 
 def test_naive_four_workers_loading_from_the_hub_at_once_no_longer_race(
     model_dir: Path, tmp_path: Path
 ) -> None:
-    from tests.fake_hub import FakeHub
-
-    with FakeHub({_HUB_REPO: model_dir}) as hub:
-        # Slow enough that all four are downloading at the same moment.
-        hub.behaviour.seconds_per_chunk = 0.002
-        done = _at_once(_LOAD_WITH_SENTENCE_TRANSFORMERS, 4, _hub_env(hub, tmp_path))
-        downloads = hub.downloads()
+    done, downloads = _load_at_once(_LOAD_WITH_SENTENCE_TRANSFORMERS, 4, model_dir, tmp_path)
     failures = [c.stderr.strip().splitlines()[-1] for c in done if c.returncode != 0]
     print(f"4 x SentenceTransformer(hub id) at once: failures {failures}, downloads {downloads}")
     # The 2.2.2 failure was FileNotFoundError on a lock file. huggingface_hub now
@@ -271,12 +272,7 @@ def test_naive_four_workers_loading_from_the_hub_at_once_no_longer_race(
 def test_embedloom_eight_processes_at_once_fetch_each_file_once_through_the_store(
     model_dir: Path, tmp_path: Path
 ) -> None:
-    from tests.fake_hub import FakeHub
-
-    with FakeHub({_HUB_REPO: model_dir}) as hub:
-        hub.behaviour.seconds_per_chunk = 0.002
-        done = _at_once(_LOAD_WITH_THE_STORE, 8, _hub_env(hub, tmp_path))
-        downloads = hub.downloads()
+    done, downloads = _load_at_once(_LOAD_WITH_THE_STORE, 8, model_dir, tmp_path)
     results = []
     for child in done:
         assert child.returncode == 0, child.stderr
@@ -285,7 +281,8 @@ def test_embedloom_eight_processes_at_once_fetch_each_file_once_through_the_stor
     assert len({r["path"] for r in results}) == 1
     assert len({r["weights"] for r in results}) == 1
     assert set(downloads.values()) == {1}, downloads
-    assert {name for _, name in downloads} == set(hub.files(_HUB_REPO)) - {".gitattributes"}
+    files = {p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*") if p.is_file()}
+    assert {name for _, name in downloads} == files - {".gitattributes"}
     repo = tmp_path / "embedloom" / "models" / "acme--minilm"
     assert list(repo.glob(".partial-*")) == []
 

@@ -166,7 +166,9 @@ def test_serve_mistakes_are_one_line(args: list[str], words: list[str]) -> None:
     _mistake(run("serve", *args), *words)
 
 
-@pytest.mark.parametrize("mode", [[], ["--workers", "2"], ["--workers", "2", "--preload"]])
+@pytest.mark.parametrize(
+    "mode", [[], ["--workers", "2"], ["--workers", "2", "--preload"], ["--ray"]]
+)
 def test_a_port_in_use_is_refused_before_the_model_loads(mode: list[str]) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -307,10 +307,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, settings.log_format)
     load_api_keys(settings)  # an unreadable key file fails here, not in N workers
     if args.ray:
-        from embedloom.distributed.jobs import serve_on_ray
-
         check_address_free(settings.host, settings.port)  # Serve's proxy binds it later
         warn_if_exposed(settings)
+        from embedloom.distributed.jobs import serve_on_ray
+
         serve_on_ray(
             settings,
             address=None if args.ray == "auto" else args.ray,

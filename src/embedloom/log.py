@@ -10,7 +10,7 @@ import orjson
 
 from embedloom.scope import ScopeLogFilter
 
-__all__ = ["JsonFormatter", "configure_logging"]
+__all__ = ["JsonFormatter", "configure_logging", "current_format"]
 
 _TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s"
 
@@ -53,3 +53,10 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+
+
+def current_format() -> str:
+    """The format this process logs in ("json" or "text"), for a child process
+    whose lines join ours on the same stderr."""
+    json_output = any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers)
+    return "json" if json_output else "text"

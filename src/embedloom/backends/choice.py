@@ -37,6 +37,7 @@ from embedloom.backends.variants import (
 )
 from embedloom.errors import BackendError
 from embedloom.gate import GateFigures, calibration_texts, embed_texts, measure
+from embedloom.log import configure_logging, current_format
 from embedloom.store import ModelStore
 
 __all__ = ["Candidate", "Choice", "choose_variant", "pick", "try_variants"]
@@ -229,6 +230,10 @@ def _run_trial_process(
         device,
         "--record",
         str(record),
+        # The child's lines join ours on stderr: in the same format (JSON for
+        # log shippers and for tests that read the server's log).
+        "--log-format",
+        current_format(),
     ]
     finished = subprocess.run(command, check=False)
     if finished.returncode != 0 or not record.is_file():
@@ -243,10 +248,11 @@ def _trial_main(argv: Sequence[str] | None = None) -> None:
     for flag in ("--model-dir", "--home", "--backend", "--dtype", "--device", "--record"):
         parser.add_argument(flag, required=True)
     parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
     args = parser.parse_args(argv)
     # Our own progress at INFO; the quantiser's per-tensor chatter (on the root
     # logger) only when something goes wrong.
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s trial %(levelname)s %(message)s")
+    configure_logging("warning", args.log_format)
     logging.getLogger("embedloom").setLevel(logging.INFO)
     import torch
 

@@ -1,4 +1,4 @@
-"""The README's Python examples run as pasted.
+"""The README's Python examples run as pasted, and print what their comments say.
 
 Each fenced ``python`` block after a ``<!-- readme-test -->`` marker runs in a
 fresh interpreter; after ``<!-- readme-test: server -->`` it runs against the
@@ -20,6 +20,7 @@ pytestmark = pytest.mark.model
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 _BLOCK = re.compile(r"<!-- readme-test(?P<server>: server)? -->\n```python\n(?P<code>.*?)```", re.S)
+_PRINTS = re.compile(r"^\s*print\(.*\)  # (.*)$", re.M)
 BLOCKS = [(m["code"], bool(m["server"])) for m in _BLOCK.finditer(README.read_text())]
 
 
@@ -40,3 +41,6 @@ def test_a_readme_example_runs_as_pasted(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    # A print's comment is what the reader is told it prints: it must be true.
+    promised = [m.group(1) for m in _PRINTS.finditer(code)]
+    assert result.stdout.splitlines() == promised

@@ -91,10 +91,10 @@ def phase_st() -> dict[str, Any]:
 
 def phase_engine(variant: str, duration: float) -> dict[str, Any]:
     from embedloom import Engine, Settings
-    from embedloom.backends.variants import Variant, open_variant
     from embedloom.sharing import plan_sharing
     from embedloom.store import ModelStore, resolve_model
     from embedloom.threads import usable_cores
+    from embedloom.variants.catalog import Variant, open_variant
 
     settings = Settings(home=str(HOME), offline=True)
 
@@ -158,10 +158,10 @@ def phase_server(variant: str, duration: float) -> dict[str, Any]:
 def phase_gate() -> dict[str, Any]:
     """The auto trial's record: every variant's gate figures and probe speed."""
     from embedloom import Settings
-    from embedloom.backends.choice import choose_variant
     from embedloom.sharing import plan_sharing
     from embedloom.store import ModelStore, resolve_model
     from embedloom.threads import usable_cores
+    from embedloom.variants.choice import choose_variant
 
     settings = Settings(home=str(HOME), offline=True)
     plan = plan_sharing(settings, cores=usable_cores().usable, gpus=0)

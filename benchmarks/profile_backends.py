@@ -68,8 +68,8 @@ def batches(backend: Any, texts: list[str]) -> tuple[list[list[Any]], float]:
 def profile(variant_name: str) -> dict[str, Any]:
     import torch
 
-    from embedloom.backends.variants import Variant, onnx_export, open_variant
     from embedloom.store import ModelStore, resolve_model
+    from embedloom.variants.catalog import Variant, onnx_export, open_variant
 
     torch.set_num_threads(2)
     variant = Variant.parse(variant_name)

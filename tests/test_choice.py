@@ -12,13 +12,13 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from embedloom.backends import choice as choice_module
 from embedloom.backends.base import BackendFactory, TokenizedInput
-from embedloom.backends.choice import Candidate, choose_variant, pick, try_variants
-from embedloom.backends.variants import REFERENCE, Variant
 from embedloom.errors import BackendError
-from embedloom.gate import GateFigures, calibration_texts, measure
 from embedloom.store import ModelStore
+from embedloom.variants import choice as choice_module
+from embedloom.variants.catalog import REFERENCE, Variant
+from embedloom.variants.choice import Candidate, choose_variant, pick, try_variants
+from embedloom.variants.gate import GateFigures, calibration_texts, measure
 from tests.fakes import FakeBackend
 
 BF16 = Variant("torch", "bf16")

@@ -17,9 +17,10 @@ import httpx
 import numpy as np
 import pytest
 
-from embedloom.backends.choice import choose_variant
 from embedloom.backends.onnx import MODEL_FILE
-from embedloom.backends.variants import (
+from embedloom.errors import BackendError
+from embedloom.store import ModelStore
+from embedloom.variants.catalog import (
     REFERENCE,
     VARIANTS,
     Variant,
@@ -27,9 +28,8 @@ from embedloom.backends.variants import (
     open_variant,
     unsupported_reason,
 )
-from embedloom.errors import BackendError
-from embedloom.gate import calibration_texts, embed_texts, measure
-from embedloom.store import ModelStore
+from embedloom.variants.choice import choose_variant
+from embedloom.variants.gate import calibration_texts, embed_texts, measure
 from tests.helpers import ServerProcess
 
 ONNX_FP32 = Variant("onnx", "fp32")
@@ -39,7 +39,7 @@ ONNX_FP32 = Variant("onnx", "fp32")
 _EXPORT = """
 import json, logging, sys
 from pathlib import Path
-from embedloom.backends.variants import Variant, onnx_export
+from embedloom.variants.catalog import Variant, onnx_export
 from embedloom.store import ModelStore
 
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(message)s")

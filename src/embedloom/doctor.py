@@ -116,8 +116,8 @@ def diagnose(settings: Settings, environ: Mapping[str, str], machine: MachinePro
 
 
 def _variant_findings(settings: Settings, machine: MachineProbe) -> list[Finding]:
-    from embedloom.backends.variants import requested_variants, unsupported_reason
     from embedloom.errors import BackendError
+    from embedloom.variants.catalog import requested_variants, unsupported_reason
 
     asked = f"--backend {settings.backend} --dtype {settings.dtype}"
     try:

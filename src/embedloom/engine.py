@@ -38,7 +38,6 @@ import numpy.typing as npt
 
 from embedloom import tracing
 from embedloom.backends.base import Backend, BackendFactory, TokenizedInput
-from embedloom.backends.choice import Choice
 from embedloom.batching import BatchPolicy, plan_batch
 from embedloom.config import Settings
 from embedloom.errors import (
@@ -51,7 +50,6 @@ from embedloom.errors import (
     TooManyInputs,
     Unavailable,
 )
-from embedloom.gate import GateFigures
 from embedloom.memory import keep_native_memory_flat
 from embedloom.offload import run_in_thread
 from embedloom.scope import PRIORITIES, Priority, current_scope
@@ -65,6 +63,8 @@ from embedloom.sharing import (
 )
 from embedloom.stats import Histogram, HistogramSnapshot, RateEstimator
 from embedloom.threads import usable_cores
+from embedloom.variants.choice import Choice
+from embedloom.variants.gate import GateFigures
 
 if TYPE_CHECKING:
     from opentelemetry.trace import SpanContext
@@ -319,8 +319,8 @@ class _Setup:
 
     @classmethod
     def for_settings(cls, settings: Settings) -> _Setup:
-        from embedloom.backends.choice import choose_variant
         from embedloom.store import ModelStore, resolve_model
+        from embedloom.variants.choice import choose_variant
 
         # Before importing torch: a missing model fails fast.
         store = ModelStore.for_settings(settings)
@@ -443,14 +443,14 @@ class Engine:
         batch_per_request: bool = False,
     ) -> Engine:
         """An engine on ``settings.model``, run by the variant ``settings.backend``
-        and ``settings.dtype`` choose (see ``backends.choice``), shared as
+        and ``settings.dtype`` choose (see ``variants.choice``), shared as
         ``settings.sharing`` says within the thread budget.
 
         With ``preload`` the weights are read now, in the calling thread, and every
         replica adopts them: the master of a pre-forking server loads once and its
         workers share the pages copy-on-write. Nothing runs on them here.
         """
-        from embedloom.backends.variants import open_variant
+        from embedloom.variants.catalog import open_variant
 
         setup = _Setup.for_settings(settings)
         factory = open_variant(

@@ -2,7 +2,7 @@
 and how to open each.
 
 ``torch/fp32`` is the reference every other variant is measured against (see
-``embedloom.gate``); the others exist to be faster on the right hardware.
+``embedloom.variants.gate``); the others exist to be faster on the right hardware.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from embedloom._version import __version__
 from embedloom.backends.base import BackendFactory
 from embedloom.cpu import cpu_flags, cpu_model
 from embedloom.errors import BackendError
@@ -93,8 +94,6 @@ def machine_key(device: str) -> str:
     """Names what a speed or accuracy measurement depends on besides the model: the
     processor, its features, and the versions of the libraries doing the arithmetic."""
     import torch
-
-    from embedloom import __version__
 
     parts = [platform.machine(), cpu_model(), " ".join(sorted(cpu_flags())), device]
     parts += [torch.__version__, __version__, _onnxruntime_version()]

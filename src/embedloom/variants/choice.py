@@ -27,7 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from embedloom.backends.base import BackendFactory
-from embedloom.backends.variants import (
+from embedloom.errors import BackendError
+from embedloom.log import configure_logging, current_format
+from embedloom.store import ModelStore
+from embedloom.variants.catalog import (
     REFERENCE,
     Variant,
     machine_key,
@@ -35,10 +38,7 @@ from embedloom.backends.variants import (
     requested_variants,
     unsupported_reason,
 )
-from embedloom.errors import BackendError
-from embedloom.gate import GateFigures, calibration_texts, embed_texts, measure
-from embedloom.log import configure_logging, current_format
-from embedloom.store import ModelStore
+from embedloom.variants.gate import GateFigures, calibration_texts, embed_texts, measure
 
 __all__ = ["Candidate", "Choice", "choose_variant", "pick", "try_variants"]
 

@@ -24,14 +24,12 @@ replaced.
 from __future__ import annotations
 
 import asyncio
-import enum
 import functools
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ParamSpec, Protocol, Self, TypeVar
+from collections.abc import AsyncGenerator, Callable, Sequence
+from typing import Self
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +38,9 @@ from embedloom import tracing
 from embedloom.backends.base import Backend, BackendFactory, TokenizedInput
 from embedloom.batching import BatchPolicy, plan_batch
 from embedloom.config import Settings
+from embedloom.engine.api import Embeddings, EngineState, ModelInfo, Offload
+from embedloom.engine.statistics import EngineStatistics
+from embedloom.engine.work import Job, QueuedInput, Request
 from embedloom.errors import (
     BackendError,
     DeadlineExceeded,
@@ -53,30 +54,21 @@ from embedloom.errors import (
 from embedloom.memory import keep_native_memory_flat
 from embedloom.offload import run_in_thread
 from embedloom.scope import PRIORITIES, Priority, current_scope
+from embedloom.setup import ModelSetup
 from embedloom.sharing import (
     InferenceWorker,
     SharingPlan,
     ThreadFault,
-    WorkerStatistics,
     build_worker,
-    plan_sharing,
 )
-from embedloom.stats import Histogram, HistogramSnapshot, RateEstimator
-from embedloom.threads import usable_cores
+from embedloom.stats import Histogram, RateEstimator
 from embedloom.variants.choice import Choice
-from embedloom.variants.gate import GateFigures
 
-if TYPE_CHECKING:
-    from opentelemetry.trace import SpanContext
+__all__ = ["Engine"]
 
-    from embedloom.store import ModelStore, ResolvedModel
+# The name is the package's: log readers filter on "embedloom.engine".
+logger = logging.getLogger("embedloom.engine")
 
-__all__ = ["Embeddings", "Engine", "EngineState", "EngineStatistics", "ModelInfo"]
-
-logger = logging.getLogger(__name__)
-
-P = ParamSpec("P")
-T = TypeVar("T")
 
 _BATCH_SIZE_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 _TOKEN_BOUNDS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
@@ -97,260 +89,6 @@ _WATCHDOG_INTERVAL = 1.0
 _Vectors = npt.NDArray[np.float32]
 # Without a plan: one inference thread, the backend's own thread settings.
 _DEDICATED = SharingPlan("dedicated", 1, 1, 0, 0, "the default")
-
-
-class Offload(Protocol):
-    """How the engine runs blocking calls off the loop (``run_in_thread`` unless a test
-    injects something more deterministic)."""
-
-    def __call__(
-        self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
-    ) -> Awaitable[T]: ...
-
-
-class EngineState(enum.Enum):
-    CREATED = "created"
-    STARTING = "starting"
-    RUNNING = "running"
-    DRAINING = "draining"
-    CLOSED = "closed"
-
-
-@dataclass(frozen=True, slots=True)
-class Embeddings:
-    """The answer to one ``embed`` call: one row per input, in input order."""
-
-    vectors: npt.NDArray[np.float32]
-    prompt_tokens: int
-
-
-@dataclass(frozen=True, slots=True)
-class ModelInfo:
-    model_id: str
-    names: tuple[str, ...]
-    backend: str
-    dtype: str
-    dimensions: int
-    max_input_tokens: int
-    normalizes: bool
-    # How the backend and dtype were chosen, and the accuracy gate's figures
-    # (None for the fp32 reference itself, or an engine given a backend directly).
-    choice_reason: str | None = None
-    gate: GateFigures | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class EngineStatistics:
-    state: str
-    queued_inputs: int
-    admitted_inputs: int
-    max_queued_inputs: int
-    running_batches: int
-    requests_admitted: int
-    requests_completed: int
-    requests_failed: int
-    requests_rejected: int
-    requests_cancelled: int
-    requests_expired: int
-    batches_split: int
-    inference_restarts: int
-    inputs_embedded: int
-    inputs_dropped: int
-    batches_run: int
-    input_tokens: int
-    padded_tokens: int
-    batch_size: HistogramSnapshot
-    batch_tokens: HistogramSnapshot
-    input_length: HistogramSnapshot
-    queue_seconds: HistogramSnapshot
-    inference_seconds: HistogramSnapshot
-    worker: WorkerStatistics
-
-
-class _Request:
-    """One ``embed`` call in flight. Touched only on the event loop's thread, except
-    ``cancelled``, which the worker thread reads (a plain bool, set once)."""
-
-    __slots__ = (
-        "admitted_at",
-        "cancelled",
-        "deadline",
-        "dimensions",
-        "enqueued",
-        "first_batch_ns",
-        "future",
-        "normalize",
-        "priority_class",
-        "queued_ns",
-        "raw",
-        "request_id",
-        "span",
-        "timer",
-        "tokens",
-        "unfinished",
-        "unreleased",
-    )
-
-    def __init__(
-        self,
-        future: asyncio.Future[Embeddings],
-        size: int,
-        model_dimensions: int,
-        dimensions: int,
-        normalize: bool,
-        request_id: str | None,
-        deadline: float | None,
-        priority: Priority,
-    ) -> None:
-        self.future = future
-        # Tracing only (None when off): the request's span, and when it was queued
-        # and when its first batch started, for the queue and inference spans.
-        self.span: SpanContext | None = None
-        self.queued_ns = 0
-        self.first_batch_ns = 0
-        self.admitted_at = 0.0
-        self.deadline = deadline
-        self.priority_class = PRIORITIES.index(priority)
-        self.timer: asyncio.TimerHandle | None = None
-        self.raw = np.empty((size, model_dimensions), dtype=np.float32)
-        self.dimensions = dimensions
-        self.normalize = normalize
-        self.request_id = request_id
-        self.unfinished = size  # inputs whose vector has not arrived
-        self.unreleased = size  # inputs still counted against the admission bound
-        self.tokens = 0
-        self.enqueued = False
-        self.cancelled = False
-
-
-class _QueuedInput:
-    __slots__ = ("enqueued_at", "index", "request", "tokens")
-
-    def __init__(
-        self, request: _Request, index: int, tokens: TokenizedInput, enqueued_at: float
-    ) -> None:
-        self.request = request
-        self.index = index
-        self.tokens = tokens
-        self.enqueued_at = enqueued_at
-
-    @property
-    def n_tokens(self) -> int:
-        return self.tokens.n_tokens
-
-    @property
-    def deadline(self) -> float | None:
-        return self.request.deadline
-
-    @property
-    def priority_class(self) -> int:
-        return self.request.priority_class
-
-    @property
-    def owner(self) -> object:
-        return self.request
-
-
-class _Job:
-    """A batch handed to the worker. ``take_inputs``/``complete`` run on the worker thread;
-    ``complete`` passes the outcome back to the loop."""
-
-    def __init__(
-        self,
-        batch_id: int,
-        items: list[_QueuedInput],
-        loop: asyncio.AbstractEventLoop,
-        on_done: Callable[[_Job, _Vectors | None, BaseException | None, float], None],
-        clock: Callable[[], float],
-    ) -> None:
-        self.batch_id = batch_id
-        self.items = items
-        self._clock = clock
-        self.taken: list[_QueuedInput] = []
-        self.skipped: list[_QueuedInput] = []
-        # Loop-side bookkeeping: the outcome arrived, or the engine gave up on the
-        # thread running it (a late outcome is then ignored).
-        self.finished = False
-        self.abandoned = False
-        self._loop = loop
-        self._on_done = on_done
-
-    def take_inputs(self) -> Sequence[TokenizedInput]:
-        # A waiting batch may hold inputs whose caller left, or whose deadline passed
-        # while it waited: those never reach the model.
-        now = self._clock()
-        self.taken, self.skipped = [], []
-        for item in self.items:
-            deadline = item.request.deadline
-            dropped = item.request.cancelled or (deadline is not None and deadline <= now)
-            (self.skipped if dropped else self.taken).append(item)
-        return [item.tokens for item in self.taken]
-
-    def span_links(self) -> list[SpanContext]:
-        spans = (item.request.span for item in self.taken)
-        return list({id(s): s for s in spans if s is not None}.values())
-
-    def request_ids(self) -> tuple[str, ...]:
-        ids = (item.request.request_id for item in self.taken)
-        return tuple(dict.fromkeys(i for i in ids if i is not None))
-
-    def complete(
-        self,
-        vectors: npt.NDArray[np.float32] | None,
-        error: BaseException | None,
-        seconds: float,
-    ) -> None:
-        try:
-            self._loop.call_soon_threadsafe(self._on_done, self, vectors, error, seconds)
-        except RuntimeError:
-            # The loop is closed: the engine was abandoned without close(); nobody waits.
-            logger.warning("batch %d finished after its event loop closed", self.batch_id)
-
-
-@dataclass(frozen=True, slots=True)
-class _Setup:
-    """Where the model is, how it is shared, and which variant runs it."""
-
-    model: ResolvedModel
-    store: ModelStore
-    plan: SharingPlan
-    device: str
-    choice: Choice
-
-    @classmethod
-    def for_settings(cls, settings: Settings) -> _Setup:
-        from embedloom.store import ModelStore, resolve_model
-        from embedloom.variants.choice import choose_variant
-
-        # Before importing torch: a missing model fails fast.
-        store = ModelStore.for_settings(settings)
-        model = resolve_model(settings.model, store=store)
-        from embedloom.backends.torch import cuda_device_count
-
-        gpus = cuda_device_count()
-        plan = plan_sharing(settings, cores=usable_cores().usable, gpus=gpus)
-        logger.info(
-            "sharing: %s, %d replica(s), %d inference thread(s), %d intra-op thread(s) each, "
-            "budget %d (%s)",
-            plan.strategy,
-            plan.replicas,
-            plan.inference_threads,
-            plan.threads_per_replica,
-            plan.budget,
-            plan.reason,
-        )
-        device = "cuda" if gpus else "cpu"
-        choice = choose_variant(
-            model.path,
-            store,
-            backend=settings.backend,
-            dtype=settings.dtype,
-            threads=plan.threads_per_replica,
-            device=device,
-        )
-        gate = f"; accuracy gate: {choice.gate.describe()}" if choice.gate else ""
-        logger.info("backend: %s, %s%s", choice.variant, choice.reason, gate)
-        return cls(model, store, plan, device, choice)
 
 
 class Engine:
@@ -395,11 +133,11 @@ class Engine:
         self._state = EngineState.CREATED
         self._loop: asyncio.AbstractEventLoop | None = None
         self._backend: Backend | None = None
-        self._queue: deque[_QueuedInput] = deque()
+        self._queue: deque[QueuedInput] = deque()
         # Halves of failed batches, run before anything new is planned.
-        self._retries: deque[list[_QueuedInput]] = deque()
+        self._retries: deque[list[QueuedInput]] = deque()
         # Batches handed to the worker and not yet finished (nor given up on).
-        self._jobs: dict[int, _Job] = {}
+        self._jobs: dict[int, Job] = {}
         # Inference threads being replaced → why; the engine is unhealthy meanwhile.
         self._recovering: dict[int, str] = {}
         self._watchdog: asyncio.TimerHandle | None = None
@@ -452,7 +190,7 @@ class Engine:
         """
         from embedloom.variants.catalog import open_variant
 
-        setup = _Setup.for_settings(settings)
+        setup = ModelSetup.for_settings(settings)
         factory = open_variant(
             setup.choice.variant,
             setup.model.path,
@@ -479,7 +217,7 @@ class Engine:
         now (in a child process) if this machine has not yet. A pre-forking server's
         master calls it so its workers find the choice made instead of all waiting
         on one trial."""
-        return _Setup.for_settings(settings).choice
+        return ModelSetup.for_settings(settings).choice
 
     @property
     def sharing(self) -> SharingPlan:
@@ -725,7 +463,7 @@ class Engine:
         normalize: bool | None,
         deadline: float | None,
         priority: Priority,
-    ) -> _Request:
+    ) -> Request:
         limit = self._settings.max_queued_inputs
         if size > limit:
             raise TooManyInputs(count=size, limit=limit)
@@ -740,7 +478,7 @@ class Engine:
             )
         assert self._loop is not None
         scope = current_scope()
-        request = _Request(
+        request = Request(
             self._loop.create_future(),
             size,
             backend.dimensions,
@@ -768,10 +506,10 @@ class Engine:
         )
         return request
 
-    def _enqueue(self, request: _Request, tokenized: list[TokenizedInput]) -> None:
+    def _enqueue(self, request: Request, tokenized: list[TokenizedInput]) -> None:
         now = self._clock()
         for index, tokens in enumerate(tokenized):
-            self._queue.append(_QueuedInput(request, index, tokens, now))
+            self._queue.append(QueuedInput(request, index, tokens, now))
             self._input_length.observe(tokens.n_tokens)
             request.tokens += tokens.n_tokens
         self._counts["input_tokens"] += request.tokens
@@ -805,14 +543,14 @@ class Engine:
                 self._trace_queue_wait(items)
             self._submit(items)
 
-    def _submit(self, items: list[_QueuedInput]) -> None:
+    def _submit(self, items: list[QueuedInput]) -> None:
         assert self._loop is not None
         self._next_batch_id += 1
-        job = _Job(self._next_batch_id, items, self._loop, self._on_job_done, self._clock)
+        job = Job(self._next_batch_id, items, self._loop, self._on_job_done, self._clock)
         self._jobs[job.batch_id] = job
         self._worker.submit(job)
 
-    def _take(self, positions: Sequence[int]) -> list[_QueuedInput]:
+    def _take(self, positions: Sequence[int]) -> list[QueuedInput]:
         """Remove the inputs at ``positions`` (ascending) from the front of the queue."""
         head = [self._queue.popleft() for _ in range(positions[-1] + 1)]
         chosen = set(positions)
@@ -821,7 +559,7 @@ class Engine:
 
     def _on_job_done(
         self,
-        job: _Job,
+        job: Job,
         vectors: npt.NDArray[np.float32] | None,
         error: BaseException | None,
         seconds: float,
@@ -867,7 +605,7 @@ class Engine:
                 self._deliver(item, vectors[row])
         self._dispatch()
 
-    def _trace_queue_wait(self, items: list[_QueuedInput]) -> None:
+    def _trace_queue_wait(self, items: list[QueuedInput]) -> None:
         """The queue span of each request whose first input starts a batch now."""
         now = tracing.now_ns()
         for request in {id(item.request): item.request for item in items}.values():
@@ -875,7 +613,7 @@ class Engine:
                 request.first_batch_ns = now
                 tracing.record_span("embedloom.queue", request.span, request.queued_ns, now)
 
-    def _record_batch(self, taken: list[_QueuedInput], seconds: float) -> None:
+    def _record_batch(self, taken: list[QueuedInput], seconds: float) -> None:
         padded = max(item.n_tokens for item in taken) * len(taken)
         self._counts["batches_run"] += 1
         self._counts["padded_tokens"] += padded
@@ -884,7 +622,7 @@ class Engine:
         self._inference_seconds.observe(seconds)
         self._drain_rate.record(len(taken), seconds)
 
-    def _deliver(self, item: _QueuedInput, vector: npt.NDArray[np.float32]) -> None:
+    def _deliver(self, item: QueuedInput, vector: npt.NDArray[np.float32]) -> None:
         request = item.request
         self._release(request, 1)
         if request.future.done():
@@ -907,7 +645,7 @@ class Engine:
             )
             self._counts["requests_completed"] += 1
 
-    def _expire(self, request: _Request) -> None:
+    def _expire(self, request: Request) -> None:
         if request.future.done():
             self._remove_queued(request)  # nothing of a finished request may stay queued
             return
@@ -922,7 +660,7 @@ class Engine:
             ),
         )
 
-    def _fail(self, request: _Request, error: BaseException) -> None:
+    def _fail(self, request: Request, error: BaseException) -> None:
         """Fail a request and drop its queued inputs (those in a batch finish on their own)."""
         if request.timer is not None:
             request.timer.cancel()
@@ -932,7 +670,7 @@ class Engine:
             request.future.set_exception(error)
             self._counts["requests_failed"] += 1
 
-    def _abandon(self, request: _Request, reason: BaseException) -> None:
+    def _abandon(self, request: Request, reason: BaseException) -> None:
         """The caller left (cancelled or raised): free everything not already running."""
         if isinstance(reason, asyncio.CancelledError):
             self._counts["requests_cancelled"] += 1
@@ -945,7 +683,7 @@ class Engine:
         dropped = self._remove_queued(request)
         self._counts["inputs_dropped"] += dropped
 
-    def _remove_queued(self, request: _Request) -> int:
+    def _remove_queued(self, request: Request) -> int:
         before = len(self._queue)
         if before:
             self._queue = deque(q for q in self._queue if q.request is not request)
@@ -990,7 +728,7 @@ class Engine:
             self._counts["inference_restarts"] += 1
             self._recovering[fault.thread] = f"{reason}; restarting it"
             self._serving.clear()
-            job = self._jobs.pop(fault.job.batch_id, None) if isinstance(fault.job, _Job) else None
+            job = self._jobs.pop(fault.job.batch_id, None) if isinstance(fault.job, Job) else None
             if job is not None and not job.finished:
                 job.abandoned = True
                 failure = BackendError(
@@ -1018,7 +756,7 @@ class Engine:
             self._serving.set()
             self._dispatch()
 
-    def _release(self, request: _Request, count: int) -> None:
+    def _release(self, request: Request, count: int) -> None:
         if count <= 0:
             return
         request.unreleased -= count

@@ -1,0 +1,59 @@
+"""The engine's public types: its lifecycle states, what ``embed`` returns, what it
+says about its model, and how it runs blocking calls off the loop."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import ParamSpec, Protocol, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from embedloom.variants.gate import GateFigures
+
+__all__ = ["Embeddings", "EngineState", "ModelInfo", "Offload"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Offload(Protocol):
+    """How the engine runs blocking calls off the loop (``run_in_thread`` unless a test
+    injects something more deterministic)."""
+
+    def __call__(
+        self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Awaitable[T]: ...
+
+
+class EngineState(enum.Enum):
+    CREATED = "created"
+    STARTING = "starting"
+    RUNNING = "running"
+    DRAINING = "draining"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    """The answer to one ``embed`` call: one row per input, in input order."""
+
+    vectors: npt.NDArray[np.float32]
+    prompt_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    model_id: str
+    names: tuple[str, ...]
+    backend: str
+    dtype: str
+    dimensions: int
+    max_input_tokens: int
+    normalizes: bool
+    # How the backend and dtype were chosen, and the accuracy gate's figures
+    # (None for the fp32 reference itself, or an engine given a backend directly).
+    choice_reason: str | None = None
+    gate: GateFigures | None = None

@@ -1,0 +1,169 @@
+"""The units of work inside an engine, all touched on the event loop's thread but
+where a docstring says otherwise: a ``Request`` (one ``embed`` call in flight),
+its ``QueuedInput``s (one per input, what the batcher orders and cuts), and a
+``Job`` (one batch handed to an inference thread, and its way back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from embedloom.backends.base import TokenizedInput
+from embedloom.engine.api import Embeddings
+from embedloom.scope import PRIORITIES, Priority
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
+
+__all__ = ["Job", "QueuedInput", "Request", "Vectors"]
+
+# The engine's log, whichever of its modules writes.
+logger = logging.getLogger("embedloom.engine")
+
+Vectors = npt.NDArray[np.float32]
+
+
+class Request:
+    """One ``embed`` call in flight. Touched only on the event loop's thread, except
+    ``cancelled``, which the worker thread reads (a plain bool, set once)."""
+
+    __slots__ = (
+        "admitted_at",
+        "cancelled",
+        "deadline",
+        "dimensions",
+        "enqueued",
+        "first_batch_ns",
+        "future",
+        "normalize",
+        "priority_class",
+        "queued_ns",
+        "raw",
+        "request_id",
+        "span",
+        "timer",
+        "tokens",
+        "unfinished",
+        "unreleased",
+    )
+
+    def __init__(
+        self,
+        future: asyncio.Future[Embeddings],
+        size: int,
+        model_dimensions: int,
+        dimensions: int,
+        normalize: bool,
+        request_id: str | None,
+        deadline: float | None,
+        priority: Priority,
+    ) -> None:
+        self.future = future
+        # Tracing only (None when off): the request's span, and when it was queued
+        # and when its first batch started, for the queue and inference spans.
+        self.span: SpanContext | None = None
+        self.queued_ns = 0
+        self.first_batch_ns = 0
+        self.admitted_at = 0.0
+        self.deadline = deadline
+        self.priority_class = PRIORITIES.index(priority)
+        self.timer: asyncio.TimerHandle | None = None
+        self.raw = np.empty((size, model_dimensions), dtype=np.float32)
+        self.dimensions = dimensions
+        self.normalize = normalize
+        self.request_id = request_id
+        self.unfinished = size  # inputs whose vector has not arrived
+        self.unreleased = size  # inputs still counted against the admission bound
+        self.tokens = 0
+        self.enqueued = False
+        self.cancelled = False
+
+
+class QueuedInput:
+    __slots__ = ("enqueued_at", "index", "request", "tokens")
+
+    def __init__(
+        self, request: Request, index: int, tokens: TokenizedInput, enqueued_at: float
+    ) -> None:
+        self.request = request
+        self.index = index
+        self.tokens = tokens
+        self.enqueued_at = enqueued_at
+
+    @property
+    def n_tokens(self) -> int:
+        return self.tokens.n_tokens
+
+    @property
+    def deadline(self) -> float | None:
+        return self.request.deadline
+
+    @property
+    def priority_class(self) -> int:
+        return self.request.priority_class
+
+    @property
+    def owner(self) -> object:
+        return self.request
+
+
+class Job:
+    """A batch handed to the worker. ``take_inputs``/``complete`` run on the worker thread;
+    ``complete`` passes the outcome back to the loop."""
+
+    def __init__(
+        self,
+        batch_id: int,
+        items: list[QueuedInput],
+        loop: asyncio.AbstractEventLoop,
+        on_done: Callable[[Job, Vectors | None, BaseException | None, float], None],
+        clock: Callable[[], float],
+    ) -> None:
+        self.batch_id = batch_id
+        self.items = items
+        self._clock = clock
+        self.taken: list[QueuedInput] = []
+        self.skipped: list[QueuedInput] = []
+        # Loop-side bookkeeping: the outcome arrived, or the engine gave up on the
+        # thread running it (a late outcome is then ignored).
+        self.finished = False
+        self.abandoned = False
+        self._loop = loop
+        self._on_done = on_done
+
+    def take_inputs(self) -> Sequence[TokenizedInput]:
+        # A waiting batch may hold inputs whose caller left, or whose deadline passed
+        # while it waited: those never reach the model.
+        now = self._clock()
+        self.taken, self.skipped = [], []
+        for item in self.items:
+            deadline = item.request.deadline
+            dropped = item.request.cancelled or (deadline is not None and deadline <= now)
+            (self.skipped if dropped else self.taken).append(item)
+        return [item.tokens for item in self.taken]
+
+    def span_links(self) -> list[SpanContext]:
+        spans = (item.request.span for item in self.taken)
+        return list({id(s): s for s in spans if s is not None}.values())
+
+    def request_ids(self) -> tuple[str, ...]:
+        ids = (item.request.request_id for item in self.taken)
+        return tuple(dict.fromkeys(i for i in ids if i is not None))
+
+    def complete(
+        self,
+        vectors: npt.NDArray[np.float32] | None,
+        error: BaseException | None,
+        seconds: float,
+    ) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._on_done, self, vectors, error, seconds)
+        except RuntimeError:
+            # The loop is closed: the engine was abandoned without close(); nobody waits.
+            logger.warning("batch %d finished after its event loop closed", self.batch_id)

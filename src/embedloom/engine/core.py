@@ -1,30 +1,17 @@
-"""The engine: admits requests, batches their inputs, returns each request its vectors.
+"""The engine: the public face of embedding — lifecycle, health, model info, and
+``embed``/``embed_stream``.
 
-Data path of one ``embed`` call, all bookkeeping on the event loop's thread
-(so the queue needs no lock):
+Data path of one ``embed`` call, all bookkeeping on the event loop's thread:
 
-    admit (fail fast: Overloaded)  →  tokenise on an offload thread
+    admit (fail fast: Overloaded, ``admission``)  →  tokenise on an offload thread
       →  queue of inputs  →  plan_batch (pure)  →  worker thread runs the model
       →  rows written back into each request  →  the request's future resolves
-
-A request's inputs may be spread over several batches; each row is written
-at its own index, so outputs come back in the request's order and never mix
-with another request's. A request whose caller goes away is removed from the
-queue at once; if a batch holding it is already waiting, the worker skips it.
-
-Faults stay as small as they can. A batch the backend fails on is split in
-two and each half retried ahead of the queue, down to the single input that
-fails (a poisoned input fails only its own request). A watchdog finds
-inference threads that died or hang: the engine reports unhealthy, fails
-what was queued at once (rather than letting it wait on a model that may
-never answer) and refuses new work until the thread and its model are
-replaced.
+      (the queue onwards: ``scheduler``)
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections import deque
@@ -35,20 +22,18 @@ import numpy as np
 import numpy.typing as npt
 
 from embedloom import tracing
-from embedloom.backends.base import Backend, BackendFactory, TokenizedInput
-from embedloom.batching import BatchPolicy, plan_batch
+from embedloom.backends.base import Backend, BackendFactory
+from embedloom.batching import BatchPolicy
 from embedloom.config import Settings
+from embedloom.engine.admission import Admission
 from embedloom.engine.api import Embeddings, EngineState, ModelInfo, Offload
+from embedloom.engine.scheduler import Scheduler
 from embedloom.engine.statistics import EngineStatistics
-from embedloom.engine.work import Job, QueuedInput, Request
+from embedloom.engine.work import Request
 from embedloom.errors import (
     BackendError,
-    DeadlineExceeded,
-    EmbedloomError,
     InputTooLong,
     InvalidInput,
-    Overloaded,
-    TooManyInputs,
     Unavailable,
 )
 from embedloom.memory import keep_native_memory_flat
@@ -58,10 +43,8 @@ from embedloom.setup import ModelSetup
 from embedloom.sharing import (
     InferenceWorker,
     SharingPlan,
-    ThreadFault,
     build_worker,
 )
-from embedloom.stats import Histogram, RateEstimator
 from embedloom.variants.choice import Choice
 
 __all__ = ["Engine"]
@@ -70,23 +53,6 @@ __all__ = ["Engine"]
 logger = logging.getLogger("embedloom.engine")
 
 
-_BATCH_SIZE_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-_TOKEN_BOUNDS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
-_INPUT_TOKEN_BOUNDS = (8, 16, 32, 64, 128, 256, 512, 1024)
-_SECONDS_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-# Retry-After is a hint; keep it within what a client would sensibly wait.
-_RETRY_AFTER_RANGE = (1.0, 60.0)
-# Admission per priority class: the share of the admission bound that work of
-# each class may fill, so a flood of low (or normal) priority work always leaves
-# room for high. A request larger than its class's share is still admitted into
-# an engine holding nothing else.
-_CLASS_SHARE: dict[Priority, float] = {"high": 1.0, "normal": 0.9, "low": 0.5}
-
-# How often the watchdog looks at the inference threads, at most; a shorter hang
-# limit is checked four times per limit.
-_WATCHDOG_INTERVAL = 1.0
-
-_Vectors = npt.NDArray[np.float32]
 # Without a plan: one inference thread, the backend's own thread settings.
 _DEDICATED = SharingPlan("dedicated", 1, 1, 0, 0, "the default")
 
@@ -120,7 +86,7 @@ class Engine:
         self._settings = settings or Settings()
         self._offload = offload
         self._sharing = sharing or _DEDICATED
-        self._policy = BatchPolicy(
+        policy = BatchPolicy(
             max_batch_tokens=self._settings.max_batch_tokens,
             max_batch_size=self._settings.max_batch_size,
             overhead_tokens=self._settings.batch_overhead_tokens,
@@ -133,43 +99,14 @@ class Engine:
         self._state = EngineState.CREATED
         self._loop: asyncio.AbstractEventLoop | None = None
         self._backend: Backend | None = None
-        self._queue: deque[QueuedInput] = deque()
-        # Halves of failed batches, run before anything new is planned.
-        self._retries: deque[list[QueuedInput]] = deque()
-        # Batches handed to the worker and not yet finished (nor given up on).
-        self._jobs: dict[int, Job] = {}
-        # Inference threads being replaced → why; the engine is unhealthy meanwhile.
-        self._recovering: dict[int, str] = {}
-        self._watchdog: asyncio.TimerHandle | None = None
-        self._serving = asyncio.Event()  # running, with every inference thread in place
-        self._admitted = 0
-        self._next_batch_id = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._drain_rate = RateEstimator()
-        self._counts = dict.fromkeys(
-            (
-                "requests_admitted",
-                "requests_completed",
-                "requests_failed",
-                "requests_rejected",
-                "requests_cancelled",
-                "requests_expired",
-                "batches_split",
-                "inference_restarts",
-                "inputs_embedded",
-                "inputs_dropped",
-                "batches_run",
-                "input_tokens",
-                "padded_tokens",
-            ),
-            0,
+        self._admission = Admission(self._settings.max_queued_inputs)
+        self._scheduler = Scheduler(
+            self._worker,
+            policy,
+            self._admission,
+            inference_timeout=self._settings.inference_timeout,
+            clock=clock,
         )
-        self._batch_size = Histogram(_BATCH_SIZE_BOUNDS)
-        self._batch_tokens = Histogram(_TOKEN_BOUNDS)
-        self._input_length = Histogram(_INPUT_TOKEN_BOUNDS)
-        self._queue_seconds = Histogram(_SECONDS_BOUNDS)
-        self._inference_seconds = Histogram(_SECONDS_BOUNDS)
 
     @classmethod
     def from_settings(
@@ -242,8 +179,8 @@ class Engine:
         """Why the engine cannot serve now (None while it can)."""
         if self._state is not EngineState.RUNNING:
             return f"the engine is {self._state.value}"
-        if self._recovering:
-            return "; ".join(self._recovering.values())
+        if (recovering := self._scheduler.recovering_reason) is not None:
+            return recovering
         if not self._worker.statistics().alive:
             return "an inference thread is not running"
         return None
@@ -269,6 +206,7 @@ class Engine:
             raise RuntimeError(f"cannot start an engine that is {self._state.value}")
         self._state = EngineState.STARTING
         self._loop = asyncio.get_running_loop()
+        self._scheduler.start(self._loop)
         if self._tune_memory:
             # Here, not when built: a pre-forking master builds the engine, and the
             # trimming thread must start in each worker, after the fork.
@@ -290,24 +228,23 @@ class Engine:
         self._state = EngineState.RUNNING
         # The first call allocates the model's working memory; pay for it now.
         await self.embed(["warm up"], truncate=True)
-        self._serving.set()
-        self._schedule_watchdog()
+        self._scheduler.start_watchdog()
 
     async def wait_until_serving(self) -> None:
         """Return once the engine is running with every inference thread in place:
         at once normally; after a restart of a dead or hung thread, when it is back."""
-        await self._serving.wait()
+        await self._scheduler.serving.wait()
 
     def begin_drain(self) -> None:
         """Stop admitting new work; admitted work continues. Safe to call repeatedly."""
         if self._state in (EngineState.CREATED, EngineState.STARTING, EngineState.RUNNING):
             self._state = EngineState.DRAINING
-            logger.info("draining: %d inputs still admitted", self._admitted)
+            logger.info("draining: %d inputs still admitted", self._admission.admitted)
 
     async def drain(self) -> None:
         """Stop admitting and wait until admitted work is done (bound it with asyncio.timeout)."""
         self.begin_drain()
-        await self._idle.wait()
+        await self._admission.wait_idle()
 
     async def close(self, grace: float | None = None) -> None:
         """Drain for up to ``grace`` seconds (None: as long as it takes), fail whatever is
@@ -318,10 +255,9 @@ class Engine:
             async with asyncio.timeout(grace):
                 await self.drain()
         except TimeoutError:
-            self._fail_waiting(Unavailable("the engine closed before this request ran"))
+            self._scheduler.fail_waiting(Unavailable("the engine closed before this request ran"))
         self._state = EngineState.CLOSED
-        if self._watchdog is not None:
-            self._watchdog.cancel()
+        self._scheduler.stop()
         await self._offload(self._worker.close, grace)
 
     async def __aenter__(self) -> Self:
@@ -358,7 +294,7 @@ class Engine:
         """
         if self._state is not EngineState.RUNNING:
             raise Unavailable(f"the engine is {self._state.value}, not accepting requests")
-        if self._recovering:
+        if self._scheduler.recovering_reason is not None:
             raise Unavailable(f"the model is restarting ({self.unhealthy_reason}); retry shortly")
         backend = self._require_backend()
         texts = _validated_texts(texts)
@@ -384,18 +320,17 @@ class Engine:
                 if item.truncated and not truncate:
                     raise InputTooLong(index=index, max_tokens=backend.max_input_tokens)
             if not request.future.done():  # it may have expired while tokenising
-                self._enqueue(request, tokenized)
+                self._scheduler.enqueue(request, tokenized)
             return await request.future
         except BaseException as exc:
-            self._abandon(request, exc)
+            self._scheduler.abandon(request, exc)
             raise
 
     def admission_limit(self, priority: Priority = "normal") -> int:
         """How many inputs may be admitted in all when a request of ``priority`` arrives
         (the bound for high; less for normal and low, so a flood of those always
         leaves room for high)."""
-        limit = self._settings.max_queued_inputs
-        return limit if priority == "high" else max(1, int(limit * _CLASS_SHARE[priority]))
+        return self._admission.limit(priority)
 
     async def embed_stream(
         self,
@@ -450,7 +385,7 @@ class Engine:
             # is cancelled again at every await, and the rest would never run.
             # Inputs never handed to the engine count as dropped; the cancelled
             # chunks drop (and count) their own queued inputs as they unwind.
-            self._counts["inputs_dropped"] += len(texts) - next_start
+            self._scheduler.count_dropped(len(texts) - next_start)
             for _, task in pending:
                 task.cancel()
             await asyncio.gather(*(task for _, task in pending), return_exceptions=True)
@@ -464,18 +399,7 @@ class Engine:
         deadline: float | None,
         priority: Priority,
     ) -> Request:
-        limit = self._settings.max_queued_inputs
-        if size > limit:
-            raise TooManyInputs(count=size, limit=limit)
-        share = self.admission_limit(priority)
-        if self._admitted + size > share and self._admitted > 0:
-            self._counts["requests_rejected"] += 1
-            retry_after = self._retry_after()
-            raise Overloaded(
-                f"at capacity for {priority} priority: {self._admitted} inputs admitted, "
-                f"{share} allowed; retry in about {retry_after:.0f}s",
-                retry_after=retry_after,
-            )
+        permit = self._admission.acquire(size, priority)
         assert self._loop is not None
         scope = current_scope()
         request = Request(
@@ -487,287 +411,19 @@ class Engine:
             scope.request_id if scope else None,
             deadline,
             priority,
+            permit,
         )
         request.admitted_at = self._clock()
         request.span = tracing.current_span_context()
-        if deadline is not None:
-            # Expiry while queued; the batcher also skips expired inputs itself.
-            delay = max(0.0, deadline - self._clock())
-            request.timer = self._loop.call_later(delay, self._expire, request)
-        self._admitted += size
-        self._idle.clear()
-        self._counts["requests_admitted"] += 1
+        self._scheduler.track(request)
         logger.debug(
             "admitted %d inputs at %s priority (%d admitted in all)",
             size,
             priority,
-            self._admitted,
+            self._admission.admitted,
             extra={"priority": priority},
         )
         return request
-
-    def _enqueue(self, request: Request, tokenized: list[TokenizedInput]) -> None:
-        now = self._clock()
-        for index, tokens in enumerate(tokenized):
-            self._queue.append(QueuedInput(request, index, tokens, now))
-            self._input_length.observe(tokens.n_tokens)
-            request.tokens += tokens.n_tokens
-        self._counts["input_tokens"] += request.tokens
-        request.enqueued = True
-        if request.span is not None:
-            request.queued_ns = tracing.now_ns()
-        self._dispatch()
-
-    def _dispatch(self) -> None:
-        """Hand batches to the worker while it has room and the planner says go."""
-        assert self._loop is not None
-        while self._retries and len(self._jobs) < self._worker.capacity:
-            self._submit(self._retries.popleft())
-        while self._queue and len(self._jobs) < self._worker.capacity:
-            idle = len(self._jobs) < self._worker.parallelism
-            plan = plan_batch(self._queue, self._policy, model_idle=idle, now=self._clock())
-            if plan is None:
-                return
-            if plan.expired:
-                queued = list(self._queue)
-                for request in {
-                    id(r): r for r in (queued[i].request for i in plan.expired)
-                }.values():
-                    self._expire(request)
-                continue
-            items = self._take(plan.positions)
-            now = self._clock()
-            for item in items:
-                self._queue_seconds.observe(now - item.enqueued_at)
-            if tracing.enabled():
-                self._trace_queue_wait(items)
-            self._submit(items)
-
-    def _submit(self, items: list[QueuedInput]) -> None:
-        assert self._loop is not None
-        self._next_batch_id += 1
-        job = Job(self._next_batch_id, items, self._loop, self._on_job_done, self._clock)
-        self._jobs[job.batch_id] = job
-        self._worker.submit(job)
-
-    def _take(self, positions: Sequence[int]) -> list[QueuedInput]:
-        """Remove the inputs at ``positions`` (ascending) from the front of the queue."""
-        head = [self._queue.popleft() for _ in range(positions[-1] + 1)]
-        chosen = set(positions)
-        self._queue.extendleft(reversed([q for i, q in enumerate(head) if i not in chosen]))
-        return [head[i] for i in positions]
-
-    def _on_job_done(
-        self,
-        job: Job,
-        vectors: npt.NDArray[np.float32] | None,
-        error: BaseException | None,
-        seconds: float,
-    ) -> None:
-        if job.abandoned:
-            return  # its thread was given up on and its requests already failed
-        job.finished = True
-        del self._jobs[job.batch_id]
-        taken = job.taken
-        self._counts["inputs_dropped"] += len(job.skipped)
-        for item in job.skipped:
-            self._release(item.request, 1)
-            if not item.request.cancelled:  # skipped for its deadline
-                self._expire(item.request)
-        if taken:
-            self._record_batch(taken, seconds)
-        if error is not None and len(taken) > 1:
-            # One bad input must not fail its neighbours: retry each half, ahead
-            # of the queue, until the input that fails is alone.
-            self._counts["batches_split"] += 1
-            half = len(taken) // 2
-            self._retries.extendleft((taken[half:], taken[:half]))
-            logger.warning(
-                "batch %d failed (%s); retrying its %d inputs in two halves",
-                job.batch_id,
-                type(error).__name__,
-                len(taken),
-            )
-        elif error is not None:
-            (item,) = taken
-            # The message goes to the client: the exception's type, never its text
-            # (which may hold paths); the log has the whole traceback.
-            failure = BackendError(
-                f"the model failed on input {item.index} of this request "
-                f"({type(error).__name__}); other inputs batched with it were not affected"
-            )
-            failure.__cause__ = error
-            self._release(item.request, 1)
-            self._fail(item.request, failure)
-        elif taken:
-            assert vectors is not None
-            for row, item in enumerate(taken):
-                self._deliver(item, vectors[row])
-        self._dispatch()
-
-    def _trace_queue_wait(self, items: list[QueuedInput]) -> None:
-        """The queue span of each request whose first input starts a batch now."""
-        now = tracing.now_ns()
-        for request in {id(item.request): item.request for item in items}.values():
-            if request.span is not None and not request.first_batch_ns:
-                request.first_batch_ns = now
-                tracing.record_span("embedloom.queue", request.span, request.queued_ns, now)
-
-    def _record_batch(self, taken: list[QueuedInput], seconds: float) -> None:
-        padded = max(item.n_tokens for item in taken) * len(taken)
-        self._counts["batches_run"] += 1
-        self._counts["padded_tokens"] += padded
-        self._batch_size.observe(len(taken))
-        self._batch_tokens.observe(padded)
-        self._inference_seconds.observe(seconds)
-        self._drain_rate.record(len(taken), seconds)
-
-    def _deliver(self, item: QueuedInput, vector: npt.NDArray[np.float32]) -> None:
-        request = item.request
-        self._release(request, 1)
-        if request.future.done():
-            return
-        request.raw[item.index] = vector
-        request.unfinished -= 1
-        self._counts["inputs_embedded"] += 1
-        if request.unfinished == 0:
-            if request.timer is not None:
-                request.timer.cancel()
-            if request.span is not None:
-                tracing.record_span(
-                    "embedloom.inference", request.span, request.first_batch_ns, tracing.now_ns()
-                )
-            request.future.set_result(
-                Embeddings(
-                    _finish(request.raw, request.dimensions, request.normalize),
-                    request.tokens,
-                )
-            )
-            self._counts["requests_completed"] += 1
-
-    def _expire(self, request: Request) -> None:
-        if request.future.done():
-            self._remove_queued(request)  # nothing of a finished request may stay queued
-            return
-        assert request.deadline is not None
-        self._counts["requests_expired"] += 1
-        self._fail(
-            request,
-            DeadlineExceeded(
-                f"the request's deadline passed after "
-                f"{request.deadline - request.admitted_at:.3f}s; "
-                "its remaining inputs were dropped unrun"
-            ),
-        )
-
-    def _fail(self, request: Request, error: BaseException) -> None:
-        """Fail a request and drop its queued inputs (those in a batch finish on their own)."""
-        if request.timer is not None:
-            request.timer.cancel()
-        request.cancelled = True
-        self._remove_queued(request)
-        if not request.future.done():
-            request.future.set_exception(error)
-            self._counts["requests_failed"] += 1
-
-    def _abandon(self, request: Request, reason: BaseException) -> None:
-        """The caller left (cancelled or raised): free everything not already running."""
-        if isinstance(reason, asyncio.CancelledError):
-            self._counts["requests_cancelled"] += 1
-        if request.timer is not None:
-            request.timer.cancel()
-        request.cancelled = True
-        if not request.enqueued:
-            self._release(request, request.unreleased)
-            return
-        dropped = self._remove_queued(request)
-        self._counts["inputs_dropped"] += dropped
-
-    def _remove_queued(self, request: Request) -> int:
-        before = len(self._queue)
-        if before:
-            self._queue = deque(q for q in self._queue if q.request is not request)
-        removed = before - len(self._queue)
-        if self._retries:
-            kept = [[q for q in part if q.request is not request] for part in self._retries]
-            removed += sum(map(len, self._retries)) - sum(map(len, kept))
-            self._retries = deque(part for part in kept if part)
-        self._release(request, removed)
-        return removed
-
-    def _fail_waiting(self, error: EmbedloomError) -> None:
-        """Fail every request with inputs queued or waiting for a retry."""
-        waiting = [q.request for q in self._queue]
-        waiting += [q.request for part in self._retries for q in part]
-        for request in {id(r): r for r in waiting}.values():
-            self._fail(request, error)
-
-    # -- the watchdog ----------------------------------------------------------------
-
-    def _schedule_watchdog(self) -> None:
-        assert self._loop is not None
-        limit = self._settings.inference_timeout
-        interval = min(_WATCHDOG_INTERVAL, limit / 4) if limit else _WATCHDOG_INTERVAL
-        self._watchdog = self._loop.call_later(interval, self._watch)
-
-    def _watch(self) -> None:
-        if self._state is EngineState.CLOSED:
-            return
-        faults = self._worker.find_faults(self._settings.inference_timeout or None)
-        if faults:
-            self._on_faults(faults)
-        self._schedule_watchdog()
-
-    def _on_faults(self, faults: list[ThreadFault]) -> None:
-        """Give up on dead or hung inference threads: fail what they held and what is
-        queued, and replace them; the engine is unhealthy until they are back."""
-        assert self._loop is not None
-        for fault in faults:
-            reason = fault.describe()
-            logger.error("%s; replacing it and its model", reason)
-            self._counts["inference_restarts"] += 1
-            self._recovering[fault.thread] = f"{reason}; restarting it"
-            self._serving.clear()
-            job = self._jobs.pop(fault.job.batch_id, None) if isinstance(fault.job, Job) else None
-            if job is not None and not job.finished:
-                job.abandoned = True
-                failure = BackendError(
-                    f"the model stopped answering ({reason}) while running this request"
-                )
-                for item in job.items:
-                    self._release(item.request, 1)
-                    self._fail(item.request, failure)
-            restarted = asyncio.wrap_future(self._worker.restart(fault.thread), loop=self._loop)
-            restarted.add_done_callback(functools.partial(self._on_restarted, fault.thread))
-        self._fail_waiting(
-            Unavailable(f"the model is restarting ({self.unhealthy_reason}); retry shortly")
-        )
-
-    def _on_restarted(self, thread: int, restarted: asyncio.Future[Backend]) -> None:
-        error = restarted.exception()
-        if error is not None:
-            # Still unhealthy; the watchdog finds the dead slot and tries again.
-            logger.error("inference thread %d failed to restart: %s", thread, error)
-            self._recovering[thread] = f"inference thread {thread} failed to restart"
-            return
-        self._recovering.pop(thread, None)
-        logger.info("inference thread %d restarted with a fresh model", thread)
-        if not self._recovering:
-            self._serving.set()
-            self._dispatch()
-
-    def _release(self, request: Request, count: int) -> None:
-        if count <= 0:
-            return
-        request.unreleased -= count
-        self._admitted -= count
-        if self._admitted == 0:
-            self._idle.set()
-
-    def _retry_after(self) -> float:
-        rate = self._drain_rate.rate
-        estimate = self._admitted / rate if rate else _RETRY_AFTER_RANGE[0]
-        return min(max(estimate, _RETRY_AFTER_RANGE[0]), _RETRY_AFTER_RANGE[1])
 
     def _require_backend(self) -> Backend:
         if self._backend is None:
@@ -777,26 +433,22 @@ class Engine:
     # -- observation ---------------------------------------------------------------
 
     def statistics(self) -> EngineStatistics:
+        admission = self._admission.statistics()
         return EngineStatistics(
             state=self._state.value,
-            queued_inputs=len(self._queue),
-            admitted_inputs=self._admitted,
-            max_queued_inputs=self._settings.max_queued_inputs,
-            running_batches=len(self._jobs),
-            batch_size=self._batch_size.snapshot(),
-            batch_tokens=self._batch_tokens.snapshot(),
-            input_length=self._input_length.snapshot(),
-            queue_seconds=self._queue_seconds.snapshot(),
-            inference_seconds=self._inference_seconds.snapshot(),
+            admitted_inputs=admission.admitted_inputs,
+            max_queued_inputs=admission.max_inputs,
+            requests_rejected=admission.requests_rejected,
             worker=self._worker.statistics(),
-            **self._counts,
+            **self._scheduler.snapshot(),
         )
 
     def __repr__(self) -> str:
+        stats = self.statistics()
         return (
-            f"<Engine {self._model_id} state={self._state.value} queued={len(self._queue)} "
-            f"admitted={self._admitted}/{self._settings.max_queued_inputs} "
-            f"running_batches={len(self._jobs)}>"
+            f"<Engine {self._model_id} state={stats.state} queued={stats.queued_inputs} "
+            f"admitted={stats.admitted_inputs}/{stats.max_queued_inputs} "
+            f"running_batches={stats.running_batches}>"
         )
 
 
@@ -824,14 +476,3 @@ def _validated_dimensions(dimensions: int | None, model_dimensions: int) -> int:
             param="dimensions",
         )
     return dimensions
-
-
-def _finish(
-    raw: npt.NDArray[np.float32], dimensions: int, normalize: bool
-) -> npt.NDArray[np.float32]:
-    vectors = raw[:, :dimensions]
-    if normalize:
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        # Same floor as torch.nn.functional.normalize, so zero vectors stay zero.
-        vectors = vectors / np.maximum(norms, 1e-12)
-    return np.ascontiguousarray(vectors, dtype=np.float32)

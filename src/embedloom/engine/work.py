@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from embedloom.backends.base import TokenizedInput
+from embedloom.engine.admission import Permit
 from embedloom.engine.api import Embeddings
 from embedloom.scope import PRIORITIES, Priority
 
@@ -42,6 +43,7 @@ class Request:
         "first_batch_ns",
         "future",
         "normalize",
+        "permit",
         "priority_class",
         "queued_ns",
         "raw",
@@ -50,7 +52,6 @@ class Request:
         "timer",
         "tokens",
         "unfinished",
-        "unreleased",
     )
 
     def __init__(
@@ -63,6 +64,7 @@ class Request:
         request_id: str | None,
         deadline: float | None,
         priority: Priority,
+        permit: Permit,
     ) -> None:
         self.future = future
         # Tracing only (None when off): the request's span, and when it was queued
@@ -79,7 +81,7 @@ class Request:
         self.normalize = normalize
         self.request_id = request_id
         self.unfinished = size  # inputs whose vector has not arrived
-        self.unreleased = size  # inputs still counted against the admission bound
+        self.permit = permit  # its inputs' share of the admission bound, given back as done
         self.tokens = 0
         self.enqueued = False
         self.cancelled = False

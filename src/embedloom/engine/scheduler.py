@@ -1,0 +1,411 @@
+"""The scheduler: the queue of inputs in front of the model, the batches in flight,
+and what comes back.
+
+All on the event loop's thread (so the queue needs no lock): inputs are queued
+→ ``plan_batch`` (pure) cuts the next batch → the worker's thread runs it →
+rows are written back into each request at their own index, so outputs keep
+the request's order and never mix with another's. A request whose caller goes
+away is removed from the queue at once; if a batch holding it is already
+waiting, the worker skips it.
+
+Faults stay as small as they can. A batch the backend fails on is split in
+two and each half retried ahead of the queue, down to the single input that
+fails (a poisoned input fails only its own request). A watchdog finds
+inference threads that died or hang: what they held fails, what was queued
+fails at once (rather than wait on a model that may never answer), and the
+scheduler reports itself recovering until the thread and its model are
+replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from embedloom import tracing
+from embedloom.backends.base import Backend, TokenizedInput
+from embedloom.batching import BatchPolicy, plan_batch
+from embedloom.engine.admission import Admission
+from embedloom.engine.api import Embeddings
+from embedloom.engine.work import Job, QueuedInput, Request
+from embedloom.errors import BackendError, DeadlineExceeded, EmbedloomError, Unavailable
+from embedloom.sharing import InferenceWorker, ThreadFault
+from embedloom.stats import Histogram
+
+__all__ = ["Scheduler"]
+
+# The engine's log, whichever of its modules writes.
+logger = logging.getLogger("embedloom.engine")
+
+_BATCH_SIZE_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_TOKEN_BOUNDS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+_INPUT_TOKEN_BOUNDS = (8, 16, 32, 64, 128, 256, 512, 1024)
+_SECONDS_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# How often the watchdog looks at the inference threads, at most; a shorter hang
+# limit is checked four times per limit.
+_WATCHDOG_INTERVAL = 1.0
+
+
+class Scheduler:
+    """The queue, the jobs in flight, their outcomes, expiry and the watchdog, for one
+    engine's worker. ``start`` it on the loop before queueing anything."""
+
+    def __init__(
+        self,
+        worker: InferenceWorker,
+        policy: BatchPolicy,
+        admission: Admission,
+        *,
+        inference_timeout: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self._worker = worker
+        self._policy = policy
+        self._admission = admission
+        self._inference_timeout = inference_timeout
+        self._clock = clock
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self._queue: deque[QueuedInput] = deque()
+        # Halves of failed batches, run before anything new is planned.
+        self._retries: deque[list[QueuedInput]] = deque()
+        # Batches handed to the worker and not yet finished (nor given up on).
+        self._jobs: dict[int, Job] = {}
+        self._next_batch_id = 0
+        # Inference threads being replaced → why; the engine is unhealthy meanwhile.
+        self._recovering: dict[int, str] = {}
+        self._watchdog: asyncio.TimerHandle | None = None
+        self.serving = asyncio.Event()  # every inference thread in place
+        self._counts = dict.fromkeys(
+            (
+                "requests_admitted",
+                "requests_completed",
+                "requests_failed",
+                "requests_cancelled",
+                "requests_expired",
+                "batches_split",
+                "inference_restarts",
+                "inputs_embedded",
+                "inputs_dropped",
+                "batches_run",
+                "input_tokens",
+                "padded_tokens",
+            ),
+            0,
+        )
+        self._batch_size = Histogram(_BATCH_SIZE_BOUNDS)
+        self._batch_tokens = Histogram(_TOKEN_BOUNDS)
+        self._input_length = Histogram(_INPUT_TOKEN_BOUNDS)
+        self._queue_seconds = Histogram(_SECONDS_BOUNDS)
+        self._inference_seconds = Histogram(_SECONDS_BOUNDS)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def start_watchdog(self) -> None:
+        self.serving.set()
+        self._schedule_watchdog()
+
+    def stop(self) -> None:
+        self._closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+
+    @property
+    def recovering_reason(self) -> str | None:
+        """Why inference threads are being replaced (None while none is)."""
+        return "; ".join(self._recovering.values()) if self._recovering else None
+
+    def track(self, request: Request) -> None:
+        """A request was admitted: count it, and fail it when its deadline passes
+        while queued (the batcher also skips expired inputs itself)."""
+        assert self._loop is not None
+        self._counts["requests_admitted"] += 1
+        if request.deadline is not None:
+            delay = max(0.0, request.deadline - self._clock())
+            request.timer = self._loop.call_later(delay, self._expire, request)
+
+    def count_dropped(self, inputs: int) -> None:
+        """Inputs that never reached the engine (a stream left early)."""
+        self._counts["inputs_dropped"] += inputs
+
+    def snapshot(self) -> dict[str, Any]:
+        """The fields of ``EngineStatistics`` this scheduler keeps."""
+        return {
+            "queued_inputs": len(self._queue),
+            "running_batches": len(self._jobs),
+            "batch_size": self._batch_size.snapshot(),
+            "batch_tokens": self._batch_tokens.snapshot(),
+            "input_length": self._input_length.snapshot(),
+            "queue_seconds": self._queue_seconds.snapshot(),
+            "inference_seconds": self._inference_seconds.snapshot(),
+            **self._counts,
+        }
+
+    def enqueue(self, request: Request, tokenized: list[TokenizedInput]) -> None:
+        now = self._clock()
+        for index, tokens in enumerate(tokenized):
+            self._queue.append(QueuedInput(request, index, tokens, now))
+            self._input_length.observe(tokens.n_tokens)
+            request.tokens += tokens.n_tokens
+        self._counts["input_tokens"] += request.tokens
+        request.enqueued = True
+        if request.span is not None:
+            request.queued_ns = tracing.now_ns()
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        """Hand batches to the worker while it has room and the planner says go."""
+        assert self._loop is not None
+        while self._retries and len(self._jobs) < self._worker.capacity:
+            self._submit(self._retries.popleft())
+        while self._queue and len(self._jobs) < self._worker.capacity:
+            idle = len(self._jobs) < self._worker.parallelism
+            plan = plan_batch(self._queue, self._policy, model_idle=idle, now=self._clock())
+            if plan is None:
+                return
+            if plan.expired:
+                queued = list(self._queue)
+                for request in {
+                    id(r): r for r in (queued[i].request for i in plan.expired)
+                }.values():
+                    self._expire(request)
+                continue
+            items = self._take(plan.positions)
+            now = self._clock()
+            for item in items:
+                self._queue_seconds.observe(now - item.enqueued_at)
+            if tracing.enabled():
+                self._trace_queue_wait(items)
+            self._submit(items)
+
+    def _submit(self, items: list[QueuedInput]) -> None:
+        assert self._loop is not None
+        self._next_batch_id += 1
+        job = Job(self._next_batch_id, items, self._loop, self._on_job_done, self._clock)
+        self._jobs[job.batch_id] = job
+        self._worker.submit(job)
+
+    def _take(self, positions: Sequence[int]) -> list[QueuedInput]:
+        """Remove the inputs at ``positions`` (ascending) from the front of the queue."""
+        head = [self._queue.popleft() for _ in range(positions[-1] + 1)]
+        chosen = set(positions)
+        self._queue.extendleft(reversed([q for i, q in enumerate(head) if i not in chosen]))
+        return [head[i] for i in positions]
+
+    def _on_job_done(
+        self,
+        job: Job,
+        vectors: npt.NDArray[np.float32] | None,
+        error: BaseException | None,
+        seconds: float,
+    ) -> None:
+        if job.abandoned:
+            return  # its thread was given up on and its requests already failed
+        job.finished = True
+        del self._jobs[job.batch_id]
+        taken = job.taken
+        self._counts["inputs_dropped"] += len(job.skipped)
+        for item in job.skipped:
+            item.request.permit.release()
+            if not item.request.cancelled:  # skipped for its deadline
+                self._expire(item.request)
+        if taken:
+            self._record_batch(taken, seconds)
+        if error is not None and len(taken) > 1:
+            # One bad input must not fail its neighbours: retry each half, ahead
+            # of the queue, until the input that fails is alone.
+            self._counts["batches_split"] += 1
+            half = len(taken) // 2
+            self._retries.extendleft((taken[half:], taken[:half]))
+            logger.warning(
+                "batch %d failed (%s); retrying its %d inputs in two halves",
+                job.batch_id,
+                type(error).__name__,
+                len(taken),
+            )
+        elif error is not None:
+            (item,) = taken
+            # The message goes to the client: the exception's type, never its text
+            # (which may hold paths); the log has the whole traceback.
+            failure = BackendError(
+                f"the model failed on input {item.index} of this request "
+                f"({type(error).__name__}); other inputs batched with it were not affected"
+            )
+            failure.__cause__ = error
+            item.request.permit.release()
+            self._fail(item.request, failure)
+        elif taken:
+            assert vectors is not None
+            for row, item in enumerate(taken):
+                self._deliver(item, vectors[row])
+        self.dispatch()
+
+    def _trace_queue_wait(self, items: list[QueuedInput]) -> None:
+        """The queue span of each request whose first input starts a batch now."""
+        now = tracing.now_ns()
+        for request in {id(item.request): item.request for item in items}.values():
+            if request.span is not None and not request.first_batch_ns:
+                request.first_batch_ns = now
+                tracing.record_span("embedloom.queue", request.span, request.queued_ns, now)
+
+    def _record_batch(self, taken: list[QueuedInput], seconds: float) -> None:
+        padded = max(item.n_tokens for item in taken) * len(taken)
+        self._counts["batches_run"] += 1
+        self._counts["padded_tokens"] += padded
+        self._batch_size.observe(len(taken))
+        self._batch_tokens.observe(padded)
+        self._inference_seconds.observe(seconds)
+        self._admission.record_drain(len(taken), seconds)
+
+    def _deliver(self, item: QueuedInput, vector: npt.NDArray[np.float32]) -> None:
+        request = item.request
+        request.permit.release()
+        if request.future.done():
+            return
+        request.raw[item.index] = vector
+        request.unfinished -= 1
+        self._counts["inputs_embedded"] += 1
+        if request.unfinished == 0:
+            if request.timer is not None:
+                request.timer.cancel()
+            if request.span is not None:
+                tracing.record_span(
+                    "embedloom.inference", request.span, request.first_batch_ns, tracing.now_ns()
+                )
+            request.future.set_result(
+                Embeddings(
+                    _finish(request.raw, request.dimensions, request.normalize),
+                    request.tokens,
+                )
+            )
+            self._counts["requests_completed"] += 1
+
+    def _expire(self, request: Request) -> None:
+        if request.future.done():
+            self._remove_queued(request)  # nothing of a finished request may stay queued
+            return
+        assert request.deadline is not None
+        self._counts["requests_expired"] += 1
+        self._fail(
+            request,
+            DeadlineExceeded(
+                f"the request's deadline passed after "
+                f"{request.deadline - request.admitted_at:.3f}s; "
+                "its remaining inputs were dropped unrun"
+            ),
+        )
+
+    def _fail(self, request: Request, error: BaseException) -> None:
+        """Fail a request and drop its queued inputs (those in a batch finish on their own)."""
+        if request.timer is not None:
+            request.timer.cancel()
+        request.cancelled = True
+        self._remove_queued(request)
+        if not request.future.done():
+            request.future.set_exception(error)
+            self._counts["requests_failed"] += 1
+
+    def abandon(self, request: Request, reason: BaseException) -> None:
+        """The caller left (cancelled or raised): free everything not already running."""
+        if isinstance(reason, asyncio.CancelledError):
+            self._counts["requests_cancelled"] += 1
+        if request.timer is not None:
+            request.timer.cancel()
+        request.cancelled = True
+        if not request.enqueued:
+            request.permit.release_all()
+            return
+        dropped = self._remove_queued(request)
+        self._counts["inputs_dropped"] += dropped
+
+    def _remove_queued(self, request: Request) -> int:
+        before = len(self._queue)
+        if before:
+            self._queue = deque(q for q in self._queue if q.request is not request)
+        removed = before - len(self._queue)
+        if self._retries:
+            kept = [[q for q in part if q.request is not request] for part in self._retries]
+            removed += sum(map(len, self._retries)) - sum(map(len, kept))
+            self._retries = deque(part for part in kept if part)
+        request.permit.release(removed)
+        return removed
+
+    def fail_waiting(self, error: EmbedloomError) -> None:
+        """Fail every request with inputs queued or waiting for a retry."""
+        waiting = [q.request for q in self._queue]
+        waiting += [q.request for part in self._retries for q in part]
+        for request in {id(r): r for r in waiting}.values():
+            self._fail(request, error)
+
+    # -- the watchdog ----------------------------------------------------------------
+
+    def _schedule_watchdog(self) -> None:
+        assert self._loop is not None
+        limit = self._inference_timeout
+        interval = min(_WATCHDOG_INTERVAL, limit / 4) if limit else _WATCHDOG_INTERVAL
+        self._watchdog = self._loop.call_later(interval, self._watch)
+
+    def _watch(self) -> None:
+        if self._closed:
+            return
+        faults = self._worker.find_faults(self._inference_timeout or None)
+        if faults:
+            self._on_faults(faults)
+        self._schedule_watchdog()
+
+    def _on_faults(self, faults: list[ThreadFault]) -> None:
+        """Give up on dead or hung inference threads: fail what they held and what is
+        queued, and replace them; the engine is unhealthy until they are back."""
+        assert self._loop is not None
+        for fault in faults:
+            reason = fault.describe()
+            logger.error("%s; replacing it and its model", reason)
+            self._counts["inference_restarts"] += 1
+            self._recovering[fault.thread] = f"{reason}; restarting it"
+            self.serving.clear()
+            job = self._jobs.pop(fault.job.batch_id, None) if isinstance(fault.job, Job) else None
+            if job is not None and not job.finished:
+                job.abandoned = True
+                failure = BackendError(
+                    f"the model stopped answering ({reason}) while running this request"
+                )
+                for item in job.items:
+                    item.request.permit.release()
+                    self._fail(item.request, failure)
+            restarted = asyncio.wrap_future(self._worker.restart(fault.thread), loop=self._loop)
+            restarted.add_done_callback(functools.partial(self._on_restarted, fault.thread))
+        self.fail_waiting(
+            Unavailable(f"the model is restarting ({self.recovering_reason}); retry shortly")
+        )
+
+    def _on_restarted(self, thread: int, restarted: asyncio.Future[Backend]) -> None:
+        error = restarted.exception()
+        if error is not None:
+            # Still unhealthy; the watchdog finds the dead slot and tries again.
+            logger.error("inference thread %d failed to restart: %s", thread, error)
+            self._recovering[thread] = f"inference thread {thread} failed to restart"
+            return
+        self._recovering.pop(thread, None)
+        logger.info("inference thread %d restarted with a fresh model", thread)
+        if not self._recovering:
+            self.serving.set()
+            self.dispatch()
+
+
+def _finish(
+    raw: npt.NDArray[np.float32], dimensions: int, normalize: bool
+) -> npt.NDArray[np.float32]:
+    vectors = raw[:, :dimensions]
+    if normalize:
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        # Same floor as torch.nn.functional.normalize, so zero vectors stay zero.
+        vectors = vectors / np.maximum(norms, 1e-12)
+    return np.ascontiguousarray(vectors, dtype=np.float32)

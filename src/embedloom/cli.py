@@ -202,6 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env(os.environ, **flags)
     except SettingsError as exc:
         parser.error(str(exc))
+    from embedloom.log import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
     try:
         return _COMMANDS[args.command](settings, args)
     except (EmbedloomError, SettingsError, ValueError) as exc:
@@ -230,9 +233,6 @@ def _doctor(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _embed(settings: Settings, args: argparse.Namespace) -> int:
-    from embedloom.log import configure_logging
-
-    configure_logging(settings.log_level, settings.log_format)
     if args.ray:
         return _embed_on_ray(settings, args)
     from embedloom.batch import JobOptions, run_job
@@ -274,10 +274,8 @@ def _embed_on_ray(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _pull(settings: Settings, args: argparse.Namespace) -> int:
-    from embedloom.log import configure_logging
     from embedloom.store import ModelStore
 
-    configure_logging(settings.log_level, settings.log_format)
     repo_id, _, revision = args.reference.strip().partition("@")
     store = ModelStore.for_settings(settings)
     print(store.fetch(repo_id, revision or None, refresh=True))
@@ -300,11 +298,9 @@ def _models(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    from embedloom.log import configure_logging
     from embedloom.server.guard import load_api_keys, warn_if_exposed
     from embedloom.server.listen import bind_listener, check_address_free
 
-    configure_logging(settings.log_level, settings.log_format)
     load_api_keys(settings)  # an unreadable key file fails here, not in N workers
     if args.ray:
         check_address_free(settings.host, settings.port)  # Serve's proxy binds it later

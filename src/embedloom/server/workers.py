@@ -1,10 +1,11 @@
 """``embedloom serve --workers N``: N worker processes under gunicorn.
 
 gunicorn is the process manager: it adopts the socket embedloom bound before
-the model loaded (``fd://``), forks the workers, and replaces any that dies. Each worker runs uvicorn (through
-``uvicorn-worker``) with an engine of its own, whose thread budget is the
-worker's share of the whole (``sharing.worker_budget``), so N workers never
-run more compute threads than there are cores.
+the model loaded (``fd://``), forks the workers, and replaces any that dies.
+Each worker runs uvicorn (through ``uvicorn-worker``) with an engine of its
+own, whose thread budget is the worker's share of the whole
+(``sharing.worker_budget``), so N workers never run more compute threads than
+there are cores.
 
 With ``--preload`` the master reads the model's weights before forking and
 every worker shares those pages copy-on-write. The fork hazards, and what is

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import signal
 import subprocess
@@ -307,6 +308,10 @@ def _peak_mb(tmp_path: Path, rows: int) -> float:
         capture_output=True,
         text=True,
         timeout=600,
+        # Two malloc arenas, not one per thread: the peak then tracks what the job
+        # holds rather than how its threads happened to fragment the heap (on a busy
+        # machine the default arenas added 20-30 MB to either run at random).
+        env={**os.environ, "MALLOC_ARENA_MAX": "2"},
     )
     assert result.returncode == 0, result.stderr
     return float(re.search(r"peak memory (\d+) MB", result.stdout).group(1))  # type: ignore[union-attr]
@@ -316,6 +321,7 @@ def _peak_mb(tmp_path: Path, rows: int) -> float:
 def test_memory_does_not_grow_with_the_input(tmp_path: Path) -> None:
     small = _peak_mb(tmp_path, 3_000)
     large = _peak_mb(tmp_path, 30_000)
-    # Ten times the rows, not their vectors: holding 30,000 of them (46 MB as
-    # float32, more as Arrow or Python lists) would show here.
-    assert large <= small + 30, (small, large)
+    # Ten times the rows, not their vectors: holding the 27,000 more of them (41 MB
+    # as float32, more as Arrow or Python lists) would show here. Measured under
+    # load with two arenas: +20 MB (pyarrow's pools and the Parquet assembly).
+    assert large <= small + 35, (small, large)

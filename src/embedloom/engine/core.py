@@ -45,6 +45,7 @@ from embedloom.sharing import (
     SharingPlan,
     build_worker,
 )
+from embedloom.sharing.slots import ComputeSlots
 from embedloom.variants.choice import Choice
 
 __all__ = ["Engine"]
@@ -75,8 +76,13 @@ class Engine:
         batch_per_request: bool = False,
         tune_memory: bool = False,
         choice: Choice | None = None,
+        slots: ComputeSlots | None = None,
+        name: str | None = None,
     ) -> None:
         """``choice``: how the backend was chosen, for ``model_info``.
+        ``slots``: the process's compute slots, shared with the other models it
+        serves (default: slots of this engine's own, its plan's thread budget).
+        ``name``: the name the model is served under (default: ``model_id``).
         ``batch_per_request``: never mix requests in a batch, so a request's
         batches (and so its vectors, bit for bit) do not depend on what else was
         queued; the batch job uses it to make runs reproducible. ``tune_memory``:
@@ -93,7 +99,13 @@ class Engine:
             one_request_per_batch=self._sharing.strategy == "locked" or batch_per_request,
         )
         self._clock = clock
-        self._worker = worker or build_worker(self._sharing, backend_factory, clock=clock)
+        if slots is None and self._sharing.budget:
+            slots = ComputeSlots(self._sharing.budget)
+        self._slots = slots
+        self._worker = worker or build_worker(
+            self._sharing, backend_factory, clock=clock, slots=slots, owner=name or model_id
+        )
+        self._name = name or model_id
         self._model_id = model_id
         self._model_names = tuple(dict.fromkeys((model_id, *model_names)))
         self._state = EngineState.CREATED
@@ -116,6 +128,8 @@ class Engine:
         clock: Callable[[], float] = time.monotonic,
         preload: bool = False,
         batch_per_request: bool = False,
+        slots: ComputeSlots | None = None,
+        name: str | None = None,
     ) -> Engine:
         """An engine on ``settings.model``, run by the variant ``settings.backend``
         and ``settings.dtype`` choose (see ``variants.choice``), shared as
@@ -124,6 +138,8 @@ class Engine:
         With ``preload`` the weights are read now, in the calling thread, and every
         replica adopts them: the master of a pre-forking server loads once and its
         workers share the pages copy-on-write. Nothing runs on them here.
+        ``slots``: compute slots shared with other engines; ``name``: the name the
+        model is served under (default: its id).
         """
         from embedloom.variants.catalog import open_variant
 
@@ -142,10 +158,12 @@ class Engine:
             settings=settings,
             model_id=setup.model.id,
             model_names=setup.model.names,
+            name=name,
             clock=clock,
             sharing=setup.plan,
             batch_per_request=batch_per_request,
             tune_memory=True,
+            slots=slots,
         )
 
     @staticmethod
@@ -159,6 +177,16 @@ class Engine:
     @property
     def sharing(self) -> SharingPlan:
         return self._sharing
+
+    @property
+    def name(self) -> str:
+        """The name this engine's model is served under."""
+        return self._name
+
+    @property
+    def compute_slots(self) -> ComputeSlots | None:
+        """The compute slots this engine's batches hold while they run."""
+        return self._slots
 
     # -- lifecycle ---------------------------------------------------------------
 

@@ -1,30 +1,6 @@
-"""Who runs a batch, on which thread: the model-sharing strategies and the thread budget.
-
-A model cannot simply be called from every request thread, so the engine
-hands batches to a worker that owns the model(s). A worker knows nothing of
-asyncio or requests: it takes ``BatchJob``s and reports each outcome through
-the job. Three strategies implement the same ``InferenceWorker`` protocol:
-
-- ``dedicated``: one inference thread owns one model and gets the whole thread
-  budget for its intra-op pool. One device, one feeder: the choice for a GPU.
-- ``replicas``: K inference threads, each owning its own model instance (the
-  thread-local pattern), each with budget ÷ K intra-op threads; a batch goes to
-  whichever replica is idle.
-- ``locked``: one model behind a lock, each request run alone by one of a few
-  request threads. The naive pattern, kept as a baseline and for models that
-  cannot batch.
-
-What torch's thread setting does with several inference threads (measured
-on torch 2.13, OpenMP backend, 2 cores; benchmarks and the README have the
-figures): ``torch.set_num_threads(n)`` sets a process-wide value, but the pool
-it sizes is per calling thread. Every Python thread that runs torch ops
-becomes the master of its own OpenMP team of n threads, so K inference threads
-with n each run K × n compute threads: with n=2 and K=2 we counted four busy
-OS threads on two cores. Hence replicas get budget ÷ K each, and
-``compute_threads`` (what the backend reports from inside its own thread) is
-what the statistics show, not what was asked for. Tokenising runs on the
-offload threads, one request at a time and without the tokenizers library's
-own thread pool (see ``backends/torch.py``).
+"""The inference threads: a worker takes ``BatchJob``s, runs them on threads that own
+model instances, and reports each outcome through the job; it finds dead and hung
+threads and replaces them. It knows nothing of asyncio or requests.
 """
 
 from __future__ import annotations
@@ -45,9 +21,10 @@ import numpy.typing as npt
 
 from embedloom import tracing
 from embedloom.backends.base import Backend, BackendFactory, TokenizedInput
-from embedloom.config import Settings, SettingsError
 from embedloom.offload import start_thread
 from embedloom.scope import batch_scope
+from embedloom.sharing.plan import SharingPlan, Strategy
+from embedloom.sharing.slots import ComputeSlots, SlotPermit
 
 if TYPE_CHECKING:
     from opentelemetry.trace import SpanContext
@@ -56,16 +33,15 @@ __all__ = [
     "BatchJob",
     "BatchSpan",
     "InferenceWorker",
-    "SharingPlan",
     "ThreadFault",
     "ThreadedWorker",
     "WorkerStatistics",
     "build_worker",
-    "plan_sharing",
-    "worker_budget",
 ]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("embedloom.sharing")
+
+_RECENT_SPANS = 256
 
 
 class BatchJob(Protocol):
@@ -94,93 +70,6 @@ class BatchJob(Protocol):
     ) -> None:
         """Report the outcome: vectors in input order, or the error the backend raised."""
         ...
-
-
-Strategy = Literal["dedicated", "replicas", "locked"]
-
-# Threads that carry requests to the lock in the ``locked`` strategy, like a
-# small web server's thread pool. They wait on the lock, so they are not
-# compute threads; only the one holding the lock computes.
-_LOCKED_REQUEST_THREADS = 4
-# Replicas cost a model copy each; past this many the memory grows while the
-# gain is unmeasured (this machine has 2 cores), so larger budgets give each
-# replica more intra-op threads instead.
-_MAX_AUTO_REPLICAS = 4
-_RECENT_SPANS = 256
-
-
-@dataclass(frozen=True, slots=True)
-class SharingPlan:
-    """How the model is shared and how the thread budget is split."""
-
-    strategy: Strategy
-    replicas: int  # model instances
-    inference_threads: int  # threads that call the model
-    threads_per_replica: int  # intra-op threads each replica is given
-    budget: int
-    reason: str
-
-    @property
-    def compute_threads(self) -> int:
-        """Busy compute threads at most: replicas running at once × their pools."""
-        running_at_once = 1 if self.strategy == "locked" else self.replicas
-        return running_at_once * self.threads_per_replica
-
-
-def plan_sharing(settings: Settings, *, cores: int, gpus: int) -> SharingPlan:
-    """Resolve ``--sharing``, ``--replicas`` and ``--threads`` against this machine."""
-    budget = settings.threads or cores
-    strategy: Strategy
-    if settings.sharing != "auto":
-        strategy = settings.sharing
-        reason = f"--sharing {strategy}"
-    elif gpus:
-        strategy = "dedicated"
-        reason = "a GPU: one inference thread keeps it fed; more would only contend for it"
-    elif budget == 1:
-        strategy = "dedicated"
-        reason = "one core: nothing to split between replicas"
-    else:
-        # benchmarks/results/sharing.md (2 cores): two replicas of one thread beat one
-        # model with both threads in 7 of 9 cells, by 1.2-1.5x with 8 or 32 callers
-        # and with 64-sentence requests (split into batches that run side by side),
-        # because a small model's per-operator cost (Python dispatch, OpenMP
-        # fork/join) is paid in parallel instead of in series. dedicated wins only
-        # with one caller sending 1 or 8 sentences, where a replica sits idle; a
-        # server exists for concurrent callers, so auto takes replicas.
-        strategy = "replicas"
-        reason = (
-            "CPU: replicas of budget ÷ K threads measured fastest with concurrent "
-            "callers (benchmarks/results/sharing.md)"
-        )
-    if settings.replicas and strategy != "replicas":
-        raise SettingsError(f"--replicas applies to --sharing replicas, not {strategy}")
-    if strategy == "dedicated":
-        return SharingPlan(strategy, 1, 1, budget, budget, reason)
-    if strategy == "locked":
-        return SharingPlan(strategy, 1, _LOCKED_REQUEST_THREADS, budget, budget, reason)
-    replicas = settings.replicas or min(budget, _MAX_AUTO_REPLICAS)
-    if replicas > budget:
-        raise SettingsError(
-            f"{replicas} replicas need at least {replicas} compute threads, more than the "
-            f"thread budget of {budget}; lower --replicas or raise --threads"
-        )
-    return SharingPlan(strategy, replicas, replicas, budget // replicas, budget, reason)
-
-
-def worker_budget(settings: Settings, *, cores: int) -> int:
-    """Each worker process's share of the thread budget (``--workers``).
-
-    Whole threads only: workers that would each get less than one are refused
-    rather than left to oversubscribe the cores.
-    """
-    budget = settings.threads or cores
-    if settings.workers > budget:
-        raise SettingsError(
-            f"{settings.workers} worker processes on a thread budget of {budget} would run "
-            f"more compute threads than cores; use --workers {budget} or fewer"
-        )
-    return budget // settings.workers
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,9 +174,18 @@ class ThreadedWorker:
         threads: int,
         shared_model: bool,
         clock: Callable[[], float] = time.perf_counter,
+        slots: ComputeSlots | None = None,
+        slots_per_batch: int = 1,
+        owner: str = "model",
     ) -> None:
+        """``slots``: the process's compute slots, of which each batch holds
+        ``slots_per_batch`` (its replica's intra-op threads) for ``owner`` while it
+        runs (None: no limit beyond this worker's own threads)."""
         if threads < 1:
             raise ValueError("a worker needs at least one thread")
+        self._slots = slots
+        self._slots_per_batch = slots_per_batch
+        self._owner = owner
         self._factory = factory
         self._strategy = strategy
         self._thread_count = threads
@@ -308,6 +206,8 @@ class ThreadedWorker:
         # The job each slot holds now and since when (held from taking it off the
         # hand-off queue: in ``locked`` a thread waiting for the lock holds one too).
         self._held: list[tuple[BatchJob, float] | None] = [None] * threads
+        # The compute slots each slot's running batch holds.
+        self._permits: list[SlotPermit | None] = [None] * threads
         self._closing = False
         self._restarts = 0
         self._batches_run = 0
@@ -355,6 +255,11 @@ class ThreadedWorker:
                     continue
                 self._generations[index] += 1
                 self._held[index] = None
+                if (permit := self._permits[index]) is not None:
+                    # Its replacement needs them; if the hung thread ever computes
+                    # again, it is one batch over budget, not the budget lost for good.
+                    permit.release()
+                    self._permits[index] = None
                 if self._shared_model:
                     # The hung thread may hold the model and its lock forever: the
                     # new generation gets a model and a lock of its own.
@@ -454,9 +359,12 @@ class ThreadedWorker:
                 self._held[index] = None
 
     def _run_job(self, index: int, generation: int, backend: Backend, job: BatchJob) -> None:
+        permit = self._take_slots(index, generation, job)
         with self._state_lock:
             if not self._current(index, generation):
-                return  # given up on while waiting for the lock
+                if permit is not None:
+                    permit.release()
+                return  # given up on while waiting for the lock or the slots
             self._busy += 1
         started = self._clock()
         inputs: Sequence[TokenizedInput] = ()
@@ -474,7 +382,11 @@ class ThreadedWorker:
         finally:
             # The statistics count the batch before anyone hears of its outcome.
             finished = self._clock()
+            if permit is not None:
+                permit.release()
             with self._state_lock:
+                if self._current(index, generation):
+                    self._permits[index] = None
                 self._busy -= 1
                 self._batches_run += 1
                 if inputs:
@@ -485,6 +397,18 @@ class ThreadedWorker:
             vectors, error = outcome
             job.complete(vectors, error, finished - started)
 
+    def _take_slots(self, index: int, generation: int, job: BatchJob) -> SlotPermit | None:
+        """Wait for this batch's compute slots. The wait is not running: the job's
+        hang timer starts again once they are held."""
+        if self._slots is None:
+            return None
+        permit = self._slots.acquire(self._owner, self._slots_per_batch)
+        with self._state_lock:
+            if self._current(index, generation):
+                self._permits[index] = permit
+                self._held[index] = (job, self._clock())
+        return permit
+
     def __repr__(self) -> str:
         stats = self.statistics()
         return (
@@ -494,7 +418,12 @@ class ThreadedWorker:
 
 
 def build_worker(
-    plan: SharingPlan, factory: BackendFactory, *, clock: Callable[[], float] = time.perf_counter
+    plan: SharingPlan,
+    factory: BackendFactory,
+    *,
+    clock: Callable[[], float] = time.perf_counter,
+    slots: ComputeSlots | None = None,
+    owner: str = "model",
 ) -> ThreadedWorker:
     return ThreadedWorker(
         factory,
@@ -502,4 +431,7 @@ def build_worker(
         threads=plan.inference_threads,
         shared_model=plan.strategy == "locked",
         clock=clock,
+        slots=slots,
+        slots_per_batch=plan.threads_per_replica,
+        owner=owner,
     )

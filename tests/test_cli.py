@@ -156,6 +156,8 @@ SERVE_MISTAKES = [
     (["--port", "70000"], ["port must be between 0 and 65535"]),
     (["--workers", "zero"], ["--workers: expected int"]),
     (["--bogus"], ["unrecognized arguments: --bogus"]),
+    (["--config", "/no/such.toml"], ["config /no/such.toml", "No such file"]),
+    (["--model", "a=x", "--model", "a=y"], ["the name a is given to two models", "NAME=REF"]),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from embedloom.config import Settings, SettingsError, setting_specs
 def test_defaults_bind_loopback_on_8080() -> None:
     settings = Settings()
     assert (settings.host, settings.port) == ("127.0.0.1", 8080)
-    assert settings.model == "all-MiniLM-L6-v2"
+    assert settings.model_ref == "all-MiniLM-L6-v2"
 
 
 def test_environment_then_overrides() -> None:
@@ -28,7 +29,7 @@ def test_environment_then_overrides() -> None:
     assert settings.max_batch_tokens == 4096
     assert settings.auto_truncate is True
     assert settings.log_format == "json"
-    assert settings.model == "all-MiniLM-L6-v2", "None means 'not given'"
+    assert settings.model_ref == "all-MiniLM-L6-v2", "None means 'not given'"
 
 
 @pytest.mark.parametrize(
@@ -123,3 +124,88 @@ def test_a_value_outside_a_fields_choices_is_refused_by_the_constructor_too(
 ) -> None:
     with pytest.raises(SettingsError, match=f"{field} must be one of .*got '{value}'"):
         Settings(**{field: value})  # type: ignore[arg-type]
+
+
+# -- several models and the config file ------------------------------------------------
+
+
+def test_models_are_named_and_the_first_is_the_default(tmp_path: Path) -> None:
+    local = tmp_path / "my-bge"
+    local.mkdir()
+    settings = Settings.from_env(
+        {"EMBEDLOOM_MODEL": f"small=all-MiniLM-L6-v2, {local}, org/big@v2"}
+    )
+    assert [(m.name, m.ref) for m in settings.models] == [
+        ("small", "all-MiniLM-L6-v2"),
+        ("my-bge", str(local)),  # a directory by its name
+        ("org/big", "org/big@v2"),  # a hub id without its revision
+    ]
+    assert settings.model_ref == "all-MiniLM-L6-v2"
+    assert settings.for_model("org/big").model == ("org/big@v2",)
+    with pytest.raises(SettingsError, match="given to two models"):
+        Settings(model=("a=x", "a=y"))
+    with pytest.raises(SettingsError, match="NAME=REF"):
+        Settings(model=("=x",))
+    with pytest.raises(SettingsError, match="not served"):
+        settings.for_model("nope")
+
+
+_CONFIG = """\
+threads = 2
+keep-alive = 600
+
+[models.small]
+model = "all-MiniLM-L6-v2"
+aliases = ["text-embedding-ada-002"]
+max-batch-tokens = 4096
+
+[models.docs]
+model = "org/docs"
+backend = "onnx"
+"""
+
+
+def test_a_config_file_gives_each_model_its_own_settings(tmp_path: Path) -> None:
+    path = tmp_path / "embedloom.toml"
+    path.write_text(_CONFIG)
+    settings = Settings.from_file(path, {})
+    assert (settings.threads, settings.keep_alive) == (2, 600.0)
+    small, _docs = settings.models
+    assert (small.name, small.ref, small.aliases) == (
+        "small",
+        "all-MiniLM-L6-v2",
+        ("text-embedding-ada-002",),
+    )
+    assert settings.for_model("small").max_batch_tokens == 4096
+    assert settings.for_model("small").backend == "auto"
+    assert settings.for_model("docs").backend == "onnx"
+    assert settings.for_model("docs").max_batch_tokens == 8192
+    # Variables and flags win over the file.
+    env = Settings.from_file(path, {"EMBEDLOOM_THREADS": "1"}, keep_alive=5.0)
+    assert (env.threads, env.keep_alive) == (1, 5.0)
+    # A flag naming one of the file's models serves that one, as the file defines it.
+    only = Settings.from_file(path, {}, model=["docs"])
+    assert [(m.name, m.ref) for m in only.models] == [("docs", "org/docs")]
+    assert only.for_model("docs").backend == "onnx"
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("threads = [", "not valid TOML"),
+        ("port = 1\nthreadz = 2\n", "embedloom.toml:2: threadz: no such setting"),
+        ("port = 'x'\n", "embedloom.toml:1: port: expected int"),
+        ("sharing = 'fast'\n", "expected one of auto"),
+        ('[models.a]\nmodel = "x"\nport = 9\n', "embedloom.toml:3: models.a.port: not a per-model"),
+        ("[models.a]\nbackend = 'onnx'\n", "embedloom.toml:1: models.a: expected the model"),
+        ('[models.a]\nmodel = "x"\naliases = "y"\n', ":3: models.a.aliases: expected a list"),
+        ('model = "x"\n[models.a]\nmodel = "y"\n', "either as 'model' or as [models.NAME]"),
+    ],
+)
+def test_a_malformed_config_file_is_one_error_naming_the_line(
+    tmp_path: Path, text: str, words: str
+) -> None:
+    path = tmp_path / "embedloom.toml"
+    path.write_text(text)
+    with pytest.raises(SettingsError, match=re.escape(words)):
+        Settings.from_file(path, {})

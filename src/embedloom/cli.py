@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (serve, doctor):
         for spec in setting_specs():
             _add_setting(command, spec)
+        _add_config_flag(command)
     _add_ray_flags(serve, "replica", default_cpus=1.0)
     embed = commands.add_parser(
         "embed",
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     for spec in setting_specs():
         if spec.name in _ENGINE_SETTINGS:
             _add_setting(embed, spec)
+    _add_config_flag(embed)
     pull = commands.add_parser(
         "pull",
         help="fetch a Hugging Face model into the store ahead of time",
@@ -142,6 +144,15 @@ _ENGINE_SETTINGS = (
 )
 
 
+def _add_config_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a TOML file of settings with the flags' names, a [models.NAME] table per "
+        "model (flags and EMBEDLOOM_* variables win over it; default: none)",
+    )
+
+
 def _add_setting(parser: argparse.ArgumentParser, spec: SettingSpec) -> None:
     help_text = f"{spec.help} (default: {spec.default_text}; env {spec.env_var})"
     if spec.kind is bool:
@@ -199,7 +210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     flags = {spec.name: getattr(args, spec.name, None) for spec in setting_specs()}
     try:
-        settings = Settings.from_env(os.environ, **flags)
+        config = getattr(args, "config", None)
+        if config is not None:
+            settings = Settings.from_file(config, os.environ, **flags)
+        else:
+            settings = Settings.from_env(os.environ, **flags)
     except SettingsError as exc:
         parser.error(str(exc))
     from embedloom.log import configure_logging
@@ -233,6 +248,9 @@ def _doctor(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _embed(settings: Settings, args: argparse.Namespace) -> int:
+    # A job embeds with one model: the first one named (a config file's first
+    # table, or the one --model names), with its own settings.
+    settings = settings.for_model(settings.models[0].name)
     if args.ray:
         return _embed_on_ray(settings, args)
     from embedloom.batch import JobOptions, run_job

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin
 
-__all__ = ["ENV_PREFIX", "Settings", "SettingsError"]
+__all__ = ["ENV_PREFIX", "PER_MODEL_SETTINGS", "ModelSpec", "Settings", "SettingsError"]
 
 ENV_PREFIX = "EMBEDLOOM_"
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -33,6 +33,52 @@ class SettingsError(ValueError):
     """A setting has a value that cannot work; the message names the setting."""
 
 
+# What may differ between the models one server serves (a ``[models.NAME]`` table
+# of the config file sets them); everything else is the server's, shared by all.
+PER_MODEL_SETTINGS = (
+    "backend",
+    "dtype",
+    "max_batch_tokens",
+    "max_batch_size",
+    "batch_overhead_tokens",
+    "max_queued_inputs",
+    "sharing",
+    "replicas",
+    "inference_timeout",
+    "keep_alive",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """One served model: its name, what ``--model`` takes for it, the other names it
+    answers to, and its own values of ``PER_MODEL_SETTINGS``."""
+
+    name: str
+    ref: str
+    aliases: tuple[str, ...] = ()
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> ModelSpec:
+        """``NAME=REF`` or a bare ``REF``, named after it (a directory by its name, a
+        hub id without its revision)."""
+        name, sep, ref = text.strip().partition("=")
+        if not sep:
+            ref = name
+            name = _default_name(ref)
+        name, ref = name.strip(), ref.strip()
+        if not name or not ref:
+            raise SettingsError(f"model: expected NAME=REF or REF, got {text!r}")
+        return cls(name, ref)
+
+    def describe_pair(self) -> tuple[str, str]:
+        return self.name, self.ref
+
+    def describe(self) -> str:
+        return self.ref if self.name == _default_name(self.ref) else f"{self.name}={self.ref}"
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Configuration of the engine and the server; validated on creation."""
@@ -41,11 +87,14 @@ class Settings:
         default="127.0.0.1", metadata={"help": "address the HTTP server binds"}
     )
     port: int = dataclasses.field(default=8080, metadata={"help": "TCP port of the HTTP server"})
-    model: str = dataclasses.field(
-        default=DEFAULT_MODEL,
+    model: tuple[str, ...] = dataclasses.field(
+        default=(DEFAULT_MODEL,),
         metadata={
-            "help": "the packaged default, a local sentence-transformers directory, "
-            "or a Hugging Face repo id (org/name[@revision]), fetched once into the store"
+            "help": "the model to serve: the packaged default, a local sentence-transformers "
+            "directory, or a Hugging Face repo id (org/name[@revision]), fetched once into "
+            "the store; NAME=REF serves it as NAME; repeat for several models, the first is "
+            "the default",
+            "default_text": DEFAULT_MODEL,
         },
     )
     home: str = dataclasses.field(
@@ -203,8 +252,39 @@ class Settings:
         default=30.0,
         metadata={"help": "on SIGTERM, how long admitted requests may take to finish"},
     )
+    keep_alive: float = dataclasses.field(
+        default=0.0,
+        metadata={
+            "help": "seconds a model may sit idle before it is unloaded, to be loaded "
+            "again by the next request for it (0: never unloaded)"
+        },
+    )
+    max_loaded_models: int = dataclasses.field(
+        default=0,
+        metadata={
+            "help": "most models loaded at once per process; loading one more unloads the "
+            "least recently used idle one (0: no limit)"
+        },
+    )
+    catch_all: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "answer a request naming a model not served here with the default model "
+            "(for clients with a hard-coded name, such as text-embedding-ada-002) instead "
+            "of 404"
+        },
+    )
+    # The config file's [models.NAME] tables: (name, ((setting, value), ...)), with
+    # "aliases" among the settings. Not a flag: per-model values come from the file.
+    model_settings: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = dataclasses.field(
+        default=(), metadata={"flag": False, "help": ""}
+    )
 
     def __post_init__(self) -> None:
+        given: object = self.model
+        # Settings(model="x"): one model; flags and variables give lists.
+        object.__setattr__(self, "model", (given,) if isinstance(given, str) else tuple(self.model))
+        self._check_models()
         for name in (
             "max_batch_tokens",
             "max_batch_size",
@@ -251,6 +331,68 @@ class Settings:
             raise SettingsError("body_timeout must not be negative (0: no limit)")
         if self.graceful_shutdown_seconds < 0:
             raise SettingsError("graceful_shutdown_seconds must not be negative")
+        if self.keep_alive < 0 or self.max_loaded_models < 0:
+            raise SettingsError(
+                "keep_alive and max_loaded_models must not be negative (0: no limit)"
+            )
+
+    def _check_models(self) -> None:
+        if not self.model:
+            raise SettingsError("model: at least one model must be served")
+        specs = [ModelSpec.parse(text) for text in self.model]
+        served = [spec.name for spec in specs]
+        if len(set(served)) < len(served):
+            twice = sorted({name for name in served if served.count(name) > 1})
+            raise SettingsError(
+                f"model: the name {', '.join(twice)} is given to two models; "
+                "name them apart with NAME=REF"
+            )
+        for name, values in self.model_settings:
+            if name not in served:
+                raise SettingsError(
+                    f"models.{name}: no such model is served (served: {', '.join(served)})"
+                )
+            for key, value in values:
+                if key == "aliases":
+                    if not isinstance(value, tuple) or not all(
+                        isinstance(alias, str) and alias for alias in value
+                    ):
+                        raise SettingsError(f"models.{name}.aliases: expected a list of names")
+                elif key not in PER_MODEL_SETTINGS:
+                    raise SettingsError(
+                        f"models.{name}.{key}: not a per-model setting (those are "
+                        f"{', '.join(PER_MODEL_SETTINGS)}, aliases and model)"
+                    )
+
+    @property
+    def models(self) -> tuple[ModelSpec, ...]:
+        """The served models, the default first."""
+        per_model = dict(self.model_settings)
+        specs = []
+        for text in self.model:
+            spec = ModelSpec.parse(text)
+            values = dict(per_model.get(spec.name, ()))
+            aliases = tuple(values.pop("aliases", ()))
+            specs.append(ModelSpec(spec.name, spec.ref, aliases, tuple(values.items())))
+        return tuple(specs)
+
+    @property
+    def model_ref(self) -> str:
+        """What the default model was given as: one engine's model."""
+        return self.models[0].ref
+
+    def for_model(self, name: str) -> Settings:
+        """The settings of the engine serving model ``name``: the server's, with the
+        model's own values on top and that model alone."""
+        for spec in self.models:
+            if spec.name == name:
+                return dataclasses.replace(
+                    self, model=(spec.ref,), model_settings=(), **dict(spec.overrides)
+                )
+        raise SettingsError(f"model: {name!r} is not served (served: {self.model_names()})")
+
+    def model_names(self) -> str:
+        return ", ".join(spec.name for spec in self.models)
 
     @classmethod
     def from_environment(cls) -> Settings:
@@ -261,6 +403,12 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
         """Settings from ``EMBEDLOOM_*`` variables, then ``overrides`` on top."""
+        values = cls._values_from_env(environ)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @staticmethod
+    def _values_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
         values: dict[str, Any] = {}
         for spec in setting_specs():
             raw = environ.get(spec.env_var)
@@ -269,11 +417,51 @@ class Settings:
         if "offline" not in values and _is_true(environ.get("HF_HUB_OFFLINE", "")):
             # The hub library's own switch means the same thing here.
             values["offline"] = True
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        return values
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | os.PathLike[str],
+        environ: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Settings from a TOML config file (``config_file``), then the ``EMBEDLOOM_*``
+        variables of ``environ`` (default: this process's), then ``overrides``."""
+        from embedloom.config_file import read_config_file
+
+        values = read_config_file(path)
+        given = cls._values_from_env(os.environ if environ is None else environ)
+        given.update({k: v for k, v in overrides.items() if v is not None})
+        if "model" in given:
+            # Models named elsewhere replace the file's. A bare name of one of the
+            # file's models means that model, as the file defines it.
+            in_file = dict(
+                ModelSpec.parse(text).describe_pair() for text in values.pop("model", ())
+            )
+            given["model"] = tuple(
+                f"{text}={in_file[text]}" if "=" not in text and text in in_file else text
+                for text in cls._as_tuple(given["model"])
+            )
+            served = {ModelSpec.parse(text).name for text in given["model"]}
+            values["model_settings"] = tuple(
+                (name, own) for name, own in values.get("model_settings", ()) if name in served
+            )
+        return cls(**(values | given))
+
+    @staticmethod
+    def _as_tuple(value: str | tuple[str, ...]) -> tuple[str, ...]:
+        return (value,) if isinstance(value, str) else tuple(value)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+def _default_name(ref: str) -> str:
+    local = os.path.expanduser(ref)
+    if os.path.isdir(local):
+        return os.path.basename(os.path.normpath(os.path.abspath(local)))
+    return ref.partition("@")[0]
 
 
 def _is_true(raw: str) -> bool:
@@ -338,6 +526,8 @@ def setting_specs() -> list[SettingSpec]:
     hints = typing.get_type_hints(Settings)
     specs = []
     for f in dataclasses.fields(Settings):
+        if f.metadata.get("flag", True) is False:
+            continue
         hint = hints[f.name]
         choices: tuple[str, ...] | None = None
         kind: type

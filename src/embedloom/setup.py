@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from embedloom.config import Settings
+from embedloom.config import Settings, SettingsError
 from embedloom.sharing import SharingPlan, plan_sharing
 from embedloom.threads import usable_cores
 from embedloom.variants.choice import Choice
@@ -36,9 +36,14 @@ class ModelSetup:
         from embedloom.store import ModelStore, resolve_model
         from embedloom.variants.choice import choose_variant
 
+        if len(settings.models) > 1:
+            raise SettingsError(
+                f"an engine serves one model, and these settings serve {settings.model_names()}; "
+                "build each from settings.for_model(NAME), or serve them with a Registry"
+            )
         # Before importing torch: a missing model fails fast.
         store = ModelStore.for_settings(settings)
-        model = resolve_model(settings.model, store=store)
+        model = resolve_model(settings.model_ref, store=store)
         from embedloom.backends.torch import cuda_device_count
 
         gpus = cuda_device_count()

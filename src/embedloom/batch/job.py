@@ -86,7 +86,7 @@ class JobOptions:
             "dtype": self.output_dtype,
             # Not on_error: a run stopped at a bad row may resume skipping it.
             "chunk_size": self.chunk_size,
-            "model": self.settings.model,
+            "model": self.settings.model_ref,
             # Vectors of two variants must not end up in one output.
             "backend": self.settings.backend,
             "model_dtype": self.settings.dtype,

@@ -44,6 +44,19 @@ def long_text(tokens: int = 220) -> str:
     return " ".join(_ONE_TOKEN_WORDS[i % len(_ONE_TOKEN_WORDS)] for i in range(tokens - 2))
 
 
+def metric_value(text: str, sample: str, **labels: str) -> float:
+    """The sum of ``/metrics`` samples named ``sample`` whose labels include ``labels``
+    (0 when there is none yet): one figure over every model unless a label picks one."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        found.value
+        for family in text_string_to_metric_families(text)
+        for found in family.samples
+        if found.name == sample and labels.items() <= found.labels.items()
+    )
+
+
 class ServerProcess:
     """``embedloom serve`` in a subprocess on a free port.
 

@@ -107,3 +107,24 @@ def test_the_command_exits_nonzero_on_an_oversubscribed_configuration() -> None:
     sound = subprocess.run([embedloom, "doctor"], capture_output=True, text=True, timeout=120)
     assert sound.returncode == 0, sound.stdout
     assert "usable" in sound.stdout
+
+
+def test_several_models_are_each_planned_and_their_memory_checked(tmp_path: Path) -> None:
+    second = tmp_path / "docs-model"
+    second.mkdir()
+    (second / "config.json").write_text("{}")
+    (second / "model.safetensors").write_bytes(b"\0" * 3 * 2**20)
+    settings = Settings(model=("all-MiniLM-L6-v2", f"docs={second}"), workers=2)
+    report = diagnose(settings, {}, machine(cores=2))
+    assert not report.failed
+    by_name = {m.name: m for m in report.models}
+    assert by_name["docs"].weights_bytes == 3 * 2**20
+    assert by_name["docs"].copies == 2  # two workers of one replica each, no preload
+    text = render(report)
+    assert "docs          " in text
+    assert "weights 3 MiB × 2 in memory" in text
+    tight = diagnose(settings, {}, dataclasses.replace(machine(cores=2), memory_available=2**20))
+    (warning,) = [w for w in levels(tight)["warning"] if "weights alone" in w]
+    assert "docs × 2" in warning
+    preloaded = diagnose(settings.replace(preload=True), {}, machine(cores=2))
+    assert {m.copies for m in preloaded.models} == {1}

@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 import pytest
 
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, metric_value
 
 pytestmark = pytest.mark.model
 
@@ -145,16 +145,11 @@ def test_a_client_leaving_mid_stream_stops_it_and_its_inputs_never_run() -> None
         # The connection is closed; the server notices and drops the rest.
         server.wait_for_log(lambda e: e["message"].startswith("the client left the stream"))
         metrics = httpx.get(f"{server.url}/metrics").text
-        dropped = _metric(metrics, "embedloom_inputs_dropped_total")
-        embedded = _metric(metrics, "embedloom_inputs_embedded_total")
-        batched = _metric(metrics, "embedloom_batch_size_sum")
+        dropped = metric_value(metrics, "embedloom_inputs_dropped_total")
+        embedded = metric_value(metrics, "embedloom_inputs_embedded_total")
+        batched = metric_value(metrics, "embedloom_batch_size_sum")
         assert server.terminate() == 0
     # A few chunks were in flight when the client left; the rest never ran.
     assert embedded < 1_000
     assert batched < 1_000  # what the model ran, counted by its batches
     assert dropped + embedded >= 5_000 - 200  # every input is accounted for, bar a chunk
-
-
-def _metric(text: str, name: str) -> float:
-    found = re.search(re.escape(name) + r" ([0-9.e+]+)", text)
-    return float(found.group(1)) if found else 0.0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import threading
 import time
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests.fake_hub import FakeHub
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, metric_value
 
 pytestmark = pytest.mark.model
 
@@ -47,12 +46,9 @@ def until_seen(
     raise AssertionError(f"workers {pids - answers.keys()} never answered")
 
 
-def metric(url: str, name: str, labels: str = "") -> float:
+def metric(url: str, name: str, **labels: str) -> float:
     """A value from ``/metrics``; 0 when the series does not exist yet."""
-    text = httpx.get(f"{url}/metrics", timeout=30).text
-    pattern = re.escape(name) + (r"\{" + labels + r"\}" if labels else "") + r" ([0-9.e+]+)"
-    found = re.search(pattern, text)
-    return float(found.group(1)) if found else 0.0
+    return metric_value(httpx.get(f"{url}/metrics", timeout=30).text, name, **labels)
 
 
 @dataclass
@@ -87,13 +83,13 @@ def test_preload_loads_once_in_the_master_with_no_thread_started_before_fork(
     assert preloaded.server.process.pid not in preloaded.workers
 
 
-_EMBEDDINGS_OK = 'method="POST",route="/v1/embeddings",status="200"'
+_EMBEDDINGS_OK = {"method": "POST", "route": "/v1/embeddings", "status": "200"}
 
 
 def test_both_workers_answer_with_the_right_vectors_and_metrics_sum_them(
     preloaded: Cluster, reference_encode: Callable[[list[str]], Any], texts: list[str]
 ) -> None:
-    before = metric(preloaded.url, "embedloom_http_requests_total", _EMBEDDINGS_OK)
+    before = metric(preloaded.url, "embedloom_http_requests_total", **_EMBEDDINGS_OK)
     sample = texts[:3]
     answers, sent = until_seen(preloaded.url, preloaded.workers, sample)
     expected = np.asarray(reference_encode(sample))
@@ -101,7 +97,7 @@ def test_both_workers_answer_with_the_right_vectors_and_metrics_sum_them(
         np.testing.assert_allclose(vectors, expected, atol=2e-5, err_msg=f"worker {pid}")
 
     # Any worker's /metrics counts every worker's requests.
-    after = metric(preloaded.url, "embedloom_http_requests_total", _EMBEDDINGS_OK)
+    after = metric(preloaded.url, "embedloom_http_requests_total", **_EMBEDDINGS_OK)
     assert after - before == sent
     assert metric(preloaded.url, "embedloom_replicas") == 2  # one model per worker, summed
 

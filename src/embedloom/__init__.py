@@ -28,12 +28,14 @@ if TYPE_CHECKING:
         InputTooLong,
         InvalidInput,
         ModelFetchFailed,
+        ModelLoading,
         ModelNotFound,
         Overloaded,
         TooManyInputs,
         Unavailable,
     )
     from embedloom.offload import run_in_thread
+    from embedloom.registry import Registry
     from embedloom.scope import RequestScope, current_scope, request_scope
 
 _EXPORTS = {
@@ -51,8 +53,10 @@ _EXPORTS = {
     "InvalidInput": "embedloom.errors",
     "ModelFetchFailed": "embedloom.errors",
     "ModelInfo": "embedloom.engine",
+    "ModelLoading": "embedloom.errors",
     "ModelNotFound": "embedloom.errors",
     "Overloaded": "embedloom.errors",
+    "Registry": "embedloom.registry",
     "RequestScope": "embedloom.scope",
     "Settings": "embedloom.config",
     "SettingsError": "embedloom.config",
@@ -79,8 +83,10 @@ __all__ = [
     "InvalidInput",
     "ModelFetchFailed",
     "ModelInfo",
+    "ModelLoading",
     "ModelNotFound",
     "Overloaded",
+    "Registry",
     "RequestScope",
     "Settings",
     "SettingsError",

@@ -78,6 +78,22 @@ class MachineProbe:
     onnxruntime: str | None
     tokenizers: str | None
     live_threads: tuple[str, ...]  # OS threads of this process, by name
+    memory_available: int | None = None  # bytes (MemAvailable), None where unknown
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPlan:
+    """One served model's share of the report: its plan and the weights it holds."""
+
+    name: str
+    ref: str
+    plan: SharingPlan | None
+    weights_bytes: int | None  # one copy, on disk; None when not found without fetching
+    copies: int  # weight copies in memory: replicas × workers, or 1 when preloaded
+
+    @property
+    def memory_bytes(self) -> int | None:
+        return None if self.weights_bytes is None else self.weights_bytes * self.copies
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +103,7 @@ class Report:
     environment: dict[str, str | None]
     plan: SharingPlan | None
     findings: list[Finding] = field(default_factory=list)
+    models: tuple[ModelPlan, ...] = ()
 
     @property
     def failed(self) -> bool:
@@ -107,12 +124,75 @@ def diagnose(settings: Settings, environ: Mapping[str, str], machine: MachinePro
     except SettingsError as exc:
         plan = None
         findings.append(Finding("error", str(exc), "change the flags named above"))
+    models = _model_plans(settings, machine) if plan is not None else ()
+    for model in models:
+        if model.plan is None:
+            continue
+        findings += _budget_findings(model.plan, machine, workers=settings.workers)
     if plan is not None:
-        findings += _budget_findings(plan, machine, workers=settings.workers)
         findings += _environment_findings(plan, environment)
+        findings += _memory_findings(models, machine)
     findings += _fork_findings(machine)
-    findings += _variant_findings(settings, machine)
-    return Report(machine, settings, environment, plan, findings)
+    for spec in settings.models:
+        findings += _variant_findings(settings.for_model(spec.name), machine)
+    plan = models[0].plan if models else plan
+    # Models with the same settings find the same things: once each.
+    return Report(machine, settings, environment, plan, list(dict.fromkeys(findings)), models)
+
+
+def _model_plans(settings: Settings, machine: MachineProbe) -> tuple[ModelPlan, ...]:
+    """Each model planned as if alone within the per-worker budget: the compute slots
+    keep them within it together (``sharing.slots``)."""
+    per_worker = worker_budget(settings, cores=machine.cores.usable)
+    plans = []
+    for spec in settings.models:
+        own = settings.for_model(spec.name).replace(threads=per_worker)
+        try:
+            plan: SharingPlan | None = plan_sharing(
+                own, cores=machine.cores.usable, gpus=len(machine.gpus)
+            )
+        except SettingsError:
+            plan = None
+        replicas = plan.replicas if plan is not None else 1
+        copies = 1 if settings.preload else replicas * settings.workers
+        plans.append(ModelPlan(spec.name, spec.ref, plan, _weights_bytes(own), copies))
+    return tuple(plans)
+
+
+def _weights_bytes(settings: Settings) -> int | None:
+    """The model's weight files on disk, found without fetching anything."""
+    from embedloom.errors import EmbedloomError
+    from embedloom.store import ModelStore, resolve_model
+
+    try:
+        store = ModelStore.for_settings(settings.replace(offline=True))
+        path = resolve_model(settings.model_ref, store=store).path
+    except (EmbedloomError, OSError):
+        return None
+    for pattern in ("*.safetensors", "*.bin"):
+        sizes = [f.stat().st_size for f in path.rglob(pattern) if f.is_file()]
+        if sizes:
+            return sum(sizes)
+    return None
+
+
+def _memory_findings(models: tuple[ModelPlan, ...], machine: MachineProbe) -> list[Finding]:
+    known = [m.memory_bytes for m in models if m.memory_bytes is not None]
+    if not known or machine.memory_available is None:
+        return []
+    total = sum(known)
+    if total <= machine.memory_available:
+        return []
+    return [
+        Finding(
+            "warning",
+            f"the models' weights alone need about {total / 2**20:,.0f} MiB in memory "
+            f"(copies: {', '.join(f'{m.name} × {m.copies}' for m in models)}), more than "
+            f"the {machine.memory_available / 2**20:,.0f} MiB available",
+            "serve fewer models or replicas, use --preload with --workers, or set "
+            "--max-loaded-models",
+        )
+    ]
 
 
 def _variant_findings(settings: Settings, machine: MachineProbe) -> list[Finding]:
@@ -267,7 +347,18 @@ def probe_machine() -> MachineProbe:
         onnxruntime=_version_of("onnxruntime"),
         tokenizers=_version_of("tokenizers"),
         live_threads=_live_threads(),
+        memory_available=_memory_available(),
     )
+
+
+def _memory_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _version_of(package: str) -> str | None:
@@ -336,6 +427,20 @@ def render(report: Report) -> str:
             f"  tokenizing    up to {_TOKENIZING_THREADS} offload threads, one request each, "
             "no tokenizers thread pool",
         ]
+    if len(report.models) > 1 or any(m.memory_bytes for m in report.models):
+        lines += ["", "Models (each planned as if alone; together they share the budget's slots)"]
+        for model in report.models:
+            shape = (
+                f"{model.plan.replicas} × {model.plan.threads_per_replica} thread(s)"
+                if model.plan is not None
+                else "no valid plan"
+            )
+            weights = (
+                f"weights {model.weights_bytes / 2**20:,.0f} MiB × {model.copies} in memory"
+                if model.weights_bytes is not None
+                else "weights not found without fetching"
+            )
+            lines.append(f"  {model.name:<14}{model.ref}: {shape}; {weights}")
     lines += ["", "Findings"]
     for finding in sorted(
         report.findings, key=lambda f: ("error", "warning", "info").index(f.level)

@@ -10,6 +10,7 @@ to a status code in exactly one table (``embedloom.server.errors``).
      ├── ModelNotFound         a model reference that resolves to nothing (lists where it looked)
      ├── Overloaded            admission refused: the engine is full; carries ``retry_after``
      ├── Unavailable           the engine is not serving: not started, draining, closed
+     │    └── ModelLoading     the model asked for is loading; carries ``retry_after``
      ├── AddressUnavailable    the server cannot listen where it was asked to
      └── BackendError          the model failed while running a batch
 
@@ -27,6 +28,7 @@ __all__ = [
     "InputTooLong",
     "InvalidInput",
     "ModelFetchFailed",
+    "ModelLoading",
     "ModelNotFound",
     "Overloaded",
     "TooManyInputs",
@@ -108,6 +110,16 @@ class Overloaded(EmbedloomError):
 
 class Unavailable(EmbedloomError):
     """The engine is not accepting work: starting, draining, closed or unhealthy."""
+
+
+class ModelLoading(Unavailable):
+    """The model asked for is being loaded and was not ready within the request's
+    deadline; carries ``retry_after``."""
+
+    def __init__(self, model: str, *, retry_after: float) -> None:
+        super().__init__(f"model {model!r} is loading; retry shortly")
+        self.model = model
+        self.retry_after = retry_after
 
 
 class AddressUnavailable(EmbedloomError):

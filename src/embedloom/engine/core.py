@@ -184,6 +184,11 @@ class Engine:
         return self._name
 
     @property
+    def model_names(self) -> tuple[str, ...]:
+        """Every name the model answers to: its id first (known before it loads)."""
+        return self._model_names
+
+    @property
     def compute_slots(self) -> ComputeSlots | None:
         """The compute slots this engine's batches hold while they run."""
         return self._slots

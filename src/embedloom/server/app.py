@@ -16,8 +16,9 @@ from starlette.responses import Response
 from embedloom import tracing
 from embedloom._version import __version__
 from embedloom.config import Settings
-from embedloom.engine import Engine, EngineState
+from embedloom.engine import Engine
 from embedloom.errors import EmbedloomError
+from embedloom.registry import Registry
 from embedloom.server import openai, ops, stream, tei
 from embedloom.server.docs import install_docs
 from embedloom.server.errors import error_response, response_for
@@ -36,15 +37,21 @@ _CLIENT_CLOSED_REQUEST = 499
 
 
 def create_app(
-    settings: Settings, engine: Engine | None = None, *, metrics_dir: Path | None = None
+    settings: Settings,
+    engine: Engine | None = None,
+    *,
+    registry: Registry | None = None,
+    metrics_dir: Path | None = None,
 ) -> FastAPI:
-    """The app serving ``engine`` (built from ``settings`` if not given).
+    """The app serving ``settings``' models (a ``registry`` of them, or one ``engine``,
+    built from ``settings`` if neither is given).
 
-    The app starts the engine on startup if it is not running yet, and drains
-    and closes it on shutdown. ``metrics_dir``: one of several worker processes
-    sharing ``prometheus_client``'s multiprocess directory.
+    The app loads the models on startup as far as ``max_loaded_models`` allows,
+    and drains and closes them on shutdown. ``metrics_dir``: one of several worker
+    processes sharing ``prometheus_client``'s multiprocess directory.
     """
-    engine = engine or Engine.from_settings(settings)
+    if registry is None:
+        registry = Registry.of_engine(settings, engine) if engine else Registry(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -52,8 +59,7 @@ def create_app(
         # a gunicorn master before it forks.
         if settings.tracing != "off":
             tracing.configure_tracing(settings.tracing)
-        if engine.state is EngineState.CREATED:
-            await engine.start()
+        await registry.start()
         # Under --workers, one line per worker: how a supervisor (or a test) sees
         # every worker ready, not just the socket bound.
         logger.info("engine running in process %d", os.getpid(), extra={"pid": os.getpid()})
@@ -61,7 +67,7 @@ def create_app(
             async with metrics.mirroring():
                 yield
         finally:
-            await engine.close(grace=settings.graceful_shutdown_seconds)
+            await registry.close(grace=settings.graceful_shutdown_seconds)
 
     app = FastAPI(
         title="embedloom",
@@ -71,8 +77,8 @@ def create_app(
         docs_url=None,  # served from the package instead (server/docs.py)
         redoc_url=None,  # ReDoc would need a CDN; /docs is the one API page
     )
-    metrics = ServerMetrics(engine, multiprocess_dir=metrics_dir)
-    app.state.embedloom = ServerState(engine=engine, settings=settings, metrics=metrics)
+    metrics = ServerMetrics(registry, multiprocess_dir=metrics_dir)
+    app.state.embedloom = ServerState(registry=registry, settings=settings, metrics=metrics)
     app.include_router(openai.router)
     app.include_router(tei.router)
     app.include_router(stream.router)

@@ -21,6 +21,7 @@ from embedloom.errors import (
     InputTooLong,
     InvalidInput,
     ModelFetchFailed,
+    ModelLoading,
     ModelNotFound,
     Overloaded,
     TooManyInputs,
@@ -64,7 +65,7 @@ def kind_of(error: EmbedloomError) -> ErrorKind:
 def response_for(error: EmbedloomError, path: str) -> Response:
     kind = kind_of(error)
     headers = {}
-    if isinstance(error, Overloaded):
+    if isinstance(error, Overloaded | ModelLoading):
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     return error_response(
         path,

@@ -1,5 +1,10 @@
 """Prometheus metrics: HTTP counters kept here, engine figures read from ``statistics()``.
 
+Every model-level series has a ``model`` label (the served name); the thread
+budget and the compute slots held are the process's, unlabelled. A model's
+counters start again from zero when it is reloaded (Prometheus reads that as a
+counter reset).
+
 One process: the engine's figures are read at scrape time by a collector.
 Several worker processes (``--workers``): ``prometheus_client``'s multiprocess
 mode keeps every value in a file per process, and any worker's ``/metrics``
@@ -35,6 +40,7 @@ from prometheus_client.registry import Collector
 
 from embedloom._version import __version__
 from embedloom.engine import Engine, EngineStatistics, ModelInfo
+from embedloom.registry import Registry
 from embedloom.stats import HistogramSnapshot
 
 __all__ = ["ServerMetrics"]
@@ -54,10 +60,10 @@ class ServerMetrics:
     imported); None for a single process.
     """
 
-    def __init__(self, engine: Engine, *, multiprocess_dir: Path | None = None) -> None:
+    def __init__(self, registry: Registry, *, multiprocess_dir: Path | None = None) -> None:
         # ``*_created`` series double the output and no dashboard reads them.
         disable_created_metrics()  # type: ignore[no-untyped-call]
-        self._engine = engine
+        self._registry = registry
         self._multiprocess_dir = multiprocess_dir
         # In multiprocess mode values live in the directory's files, not in a registry.
         own = None if multiprocess_dir else CollectorRegistry(auto_describe=True)
@@ -76,7 +82,7 @@ class ServerMetrics:
         )
         self._mirror: _EngineMirror | None = None
         if own is not None:
-            own.register(_EngineCollector(engine))
+            own.register(_EngineCollector(registry))
             self.registry = own
         else:
             from prometheus_client.multiprocess import MultiProcessCollector
@@ -86,7 +92,7 @@ class ServerMetrics:
             self.registry.register(
                 _Reassembled(MultiProcessCollector(None, path=str(multiprocess_dir)))  # type: ignore[no-untyped-call]
             )
-            self.registry.register(_BuildCollector(engine))
+            self.registry.register(_BuildCollector(registry))
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self._requests.labels(route, method, str(status)).inc()
@@ -94,7 +100,7 @@ class ServerMetrics:
 
     def render(self) -> bytes:
         if self._mirror is not None:
-            self._mirror.sync(self._engine)
+            self._mirror.sync(self._registry)
         return generate_latest(self.registry)
 
     @contextlib.asynccontextmanager
@@ -107,7 +113,7 @@ class ServerMetrics:
 
         async def loop() -> None:
             while True:
-                mirror.sync(self._engine)
+                mirror.sync(self._registry)
                 await asyncio.sleep(_MIRROR_SECONDS)
 
         task = asyncio.get_running_loop().create_task(loop())
@@ -117,7 +123,7 @@ class ServerMetrics:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            mirror.sync(self._engine)
+            mirror.sync(self._registry)
 
 
 def _info_or_none(engine: Engine) -> ModelInfo | None:
@@ -128,30 +134,51 @@ def _info_or_none(engine: Engine) -> ModelInfo | None:
 
 
 class _EngineCollector(Collector):
-    """One process: the engine's figures, read when scraped."""
+    """One process: the engines' figures, read when scraped."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
 
     def collect(self) -> Iterator[Metric]:
-        stats = self._engine.statistics()
-        yield _build_info(self._engine, stats)
-        for name, documentation, value in _engine_gauges(stats, self._engine.sharing.budget):
-            yield GaugeMetricFamily(name, documentation, value=value)
-        families: dict[str, CounterMetricFamily] = {}
-        for name, documentation, outcome, value in _engine_counters(stats):
-            if not outcome:
-                yield CounterMetricFamily(name, documentation, value=value)
-                continue
-            if name not in families:
-                families[name] = CounterMetricFamily(name, documentation, labels=("outcome",))
-            families[name].add_metric((outcome,), value)
-        yield from families.values()
-        for name, documentation, snapshot in _engine_histograms(stats):
-            yield _histogram(name, documentation, snapshot)
+        engines = [(name, engine, engine.statistics()) for name, engine in self._registry.engines()]
+        yield _build_info(engines)
+        yield from _process_gauges(self._registry)
+        gauges: dict[str, GaugeMetricFamily] = {}
+        counters: dict[str, CounterMetricFamily] = {}
+        histograms: dict[str, HistogramMetricFamily] = {}
+        for model, _, stats in engines:
+            for name, documentation, value in _engine_gauges(stats):
+                if name not in gauges:
+                    gauges[name] = GaugeMetricFamily(name, documentation, labels=("model",))
+                gauges[name].add_metric((model,), value)
+            for name, documentation, outcome, value in _engine_counters(stats):
+                if name not in counters:
+                    labels = ("model", "outcome") if outcome else ("model",)
+                    counters[name] = CounterMetricFamily(name, documentation, labels=labels)
+                counters[name].add_metric((model, outcome) if outcome else (model,), value)
+            for name, documentation, snapshot in _engine_histograms(stats):
+                if name not in histograms:
+                    histograms[name] = HistogramMetricFamily(name, documentation, labels=("model",))
+                buckets, total = _buckets(snapshot)
+                histograms[name].add_metric((model,), buckets, total)
+        yield from gauges.values()
+        yield from counters.values()
+        yield from histograms.values()
 
 
-def _engine_gauges(stats: EngineStatistics, budget: int) -> Iterable[tuple[str, str, float]]:
+def _process_gauges(registry: Registry) -> Iterator[GaugeMetricFamily]:
+    slots = registry.slots.statistics()
+    yield GaugeMetricFamily(
+        "embedloom_thread_budget", "compute threads allowed in all", value=slots.budget
+    )
+    yield GaugeMetricFamily(
+        "embedloom_compute_slots_held",
+        "compute threads running a batch now, all models together",
+        value=slots.held,
+    )
+
+
+def _engine_gauges(stats: EngineStatistics) -> Iterable[tuple[str, str, float]]:
     worker = stats.worker
     return (
         ("embedloom_queue_size", "inputs waiting for a batch", stats.queued_inputs),
@@ -165,7 +192,6 @@ def _engine_gauges(stats: EngineStatistics, budget: int) -> Iterable[tuple[str, 
             "intra-op threads per replica, as the backend reports",
             worker.threads_per_replica,
         ),
-        ("embedloom_thread_budget", "compute threads allowed in all", budget),
         ("embedloom_busy_inference_threads", "inference threads running a batch", worker.busy),
     )
 
@@ -215,80 +241,105 @@ def _engine_histograms(stats: EngineStatistics) -> Iterable[tuple[str, str, Hist
     )
 
 
-def _histogram(name: str, documentation: str, snapshot: HistogramSnapshot) -> HistogramMetricFamily:
-    cumulative = []
+def _buckets(snapshot: HistogramSnapshot) -> tuple[list[tuple[str, float]], float]:
+    cumulative: list[tuple[str, float]] = []
     running = 0
     for bound, count in zip(snapshot.bounds, snapshot.counts, strict=False):
         running += count
         cumulative.append((_bound_label(bound), running))
     cumulative.append(("+Inf", snapshot.count))
-    return HistogramMetricFamily(name, documentation, buckets=cumulative, sum_value=snapshot.total)
+    return cumulative, snapshot.total
 
 
 def _bound_label(bound: float) -> str:
     return str(int(bound)) if float(bound).is_integer() else repr(bound)
 
 
-def _build_info(engine: Engine, stats: EngineStatistics) -> InfoMetricFamily:
-    info = _info_or_none(engine)
-    build = {"version": __version__, "state": stats.state, "strategy": stats.worker.strategy}
-    if info is not None:
-        build |= {"model": info.model_id, "backend": info.backend, "dtype": info.dtype}
-    return InfoMetricFamily("embedloom_build", "the server and its model", value=build)
+def _build_info(engines: Iterable[tuple[str, Engine, EngineStatistics]]) -> InfoMetricFamily:
+    family = InfoMetricFamily(
+        "embedloom_build", "the server and each loaded model", labels=("model",)
+    )
+    for model, engine, stats in engines:
+        build = {"version": __version__, "state": stats.state, "strategy": stats.worker.strategy}
+        info = _info_or_none(engine)
+        if info is not None:
+            build |= {"model_id": info.model_id, "backend": info.backend, "dtype": info.dtype}
+        family.add_metric((model,), build)
+    return family
 
 
 class _BuildCollector(Collector):
     """What this worker runs: the same in every worker, so not summed."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
 
     def collect(self) -> Iterator[InfoMetricFamily]:
-        yield _build_info(self._engine, self._engine.statistics())
+        yield _build_info((n, e, e.statistics()) for n, e in self._registry.engines())
 
 
 class _EngineMirror:
     """This worker's engine statistics, kept in multiprocess counters and gauges."""
 
     def __init__(self) -> None:
-        self._seen: dict[tuple[str, str], float] = {}
+        self._seen: dict[tuple[str, str, str], float] = {}
+        self._engines: dict[str, int] = {}  # model → id of the engine last mirrored
         self._counters: dict[str, Counter] = {}
         self._gauges: dict[str, Gauge] = {}
 
-    def sync(self, engine: Engine) -> None:
-        stats = engine.statistics()
-        for name, documentation, value in _engine_gauges(stats, engine.sharing.budget):
-            gauge = self._gauges.get(name)
-            if gauge is None:
-                # The server's figure is the sum over the workers alive now, except
-                # for a per-replica setting, which is the same in every worker.
-                gauge = self._gauges[name] = Gauge(
-                    name,
-                    documentation,
-                    registry=None,
-                    multiprocess_mode="livemax" if name in _SAME_IN_EVERY_WORKER else "livesum",
-                )
-            gauge.set(value)
-        for name, documentation, label, value in _engine_counters(stats):
-            self._add(name, documentation, label, value)
-        for name, documentation, snapshot in _engine_histograms(stats):
-            bounds = [*(_bound_label(b) for b in snapshot.bounds), "+Inf"]
-            for bound, count in zip(bounds, snapshot.counts, strict=True):
-                self._add(name + _MIRRORED_BUCKET, documentation, bound, count)
-            self._add(name + _MIRRORED_SUM, documentation, "", snapshot.total)
+    def sync(self, registry: Registry) -> None:
+        slots = registry.slots.statistics()
+        self._set("embedloom_thread_budget", "compute threads allowed in all", "", slots.budget)
+        self._set(
+            "embedloom_compute_slots_held",
+            "compute threads running a batch now, all models together",
+            "",
+            slots.held,
+        )
+        for model, engine in registry.engines():
+            if self._engines.get(model) != id(engine):
+                # Reloaded: its totals start again, and add on to what was counted.
+                self._engines[model] = id(engine)
+                self._seen = {k: v for k, v in self._seen.items() if k[1] != model}
+            stats = engine.statistics()
+            for name, documentation, value in _engine_gauges(stats):
+                self._set(name, documentation, model, value)
+            for name, documentation, label, value in _engine_counters(stats):
+                self._add(name, documentation, model, label, value)
+            for name, documentation, snapshot in _engine_histograms(stats):
+                bounds = [*(_bound_label(b) for b in snapshot.bounds), "+Inf"]
+                for bound, count in zip(bounds, snapshot.counts, strict=True):
+                    self._add(name + _MIRRORED_BUCKET, documentation, model, bound, count)
+                self._add(name + _MIRRORED_SUM, documentation, model, "", snapshot.total)
 
-    def _add(self, name: str, documentation: str, label: str, total: float) -> None:
+    def _set(self, name: str, documentation: str, model: str, value: float) -> None:
+        gauge = self._gauges.get(name)
+        if gauge is None:
+            # The server's figure is the sum over the workers alive now, except
+            # for a per-replica setting, which is the same in every worker.
+            gauge = self._gauges[name] = Gauge(
+                name,
+                documentation,
+                ("model",) if model else (),
+                registry=None,
+                multiprocess_mode="livemax" if name in _SAME_IN_EVERY_WORKER else "livesum",
+            )
+        (gauge.labels(model) if model else gauge).set(value)
+
+    def _add(self, name: str, documentation: str, model: str, label: str, total: float) -> None:
         """Counters only go up: add what the total grew by since the last sync."""
         counter = self._counters.get(name)
         if counter is None:
-            labels = ("le",) if name.endswith(_MIRRORED_BUCKET) else ("outcome",) if label else ()
-            counter = self._counters[name] = Counter(name, documentation, labels, registry=None)
+            labels = ("model", "le") if name.endswith(_MIRRORED_BUCKET) else ("model", "outcome")
+            counter = self._counters[name] = Counter(
+                name, documentation, labels if label else ("model",), registry=None
+            )
         # labels() creates the series at 0, so every bucket is listed from the start.
-        series = counter.labels(label) if label else counter
-        grown = total - self._seen.get((name, label), 0.0)
+        series = counter.labels(model, label) if label else counter.labels(model)
+        grown = total - self._seen.get((name, model, label), 0.0)
         if grown > 0:
             series.inc(grown)
-            self._seen[(name, label)] = total
+            self._seen[(name, model, label)] = total
 
 
 class _Reassembled(Collector):
@@ -298,8 +349,8 @@ class _Reassembled(Collector):
         self._source = source
 
     def collect(self) -> Iterator[Metric]:
-        buckets: dict[str, dict[str, float]] = {}
-        sums: dict[str, float] = {}
+        buckets: dict[str, dict[str, dict[str, float]]] = {}  # name → model → le → count
+        sums: dict[str, dict[str, float]] = {}
         documentation: dict[str, str] = {}
         for family in self._source.collect():
             if family.name.endswith(_MIRRORED_BUCKET):
@@ -307,24 +358,26 @@ class _Reassembled(Collector):
                 documentation[name] = family.documentation
                 for sample in family.samples:
                     if sample.name.endswith("_total"):
-                        le = sample.labels["le"]
-                        buckets.setdefault(name, {})[le] = sample.value
+                        model, le = sample.labels["model"], sample.labels["le"]
+                        by_bound = buckets.setdefault(name, {}).setdefault(model, {})
+                        by_bound[le] = by_bound.get(le, 0.0) + sample.value
             elif family.name.endswith(_MIRRORED_SUM):
                 name = family.name.removesuffix(_MIRRORED_SUM)
-                sums[name] = sum(s.value for s in family.samples if s.name.endswith("_total"))
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        model = sample.labels["model"]
+                        model_sums = sums.setdefault(name, {})
+                        model_sums[model] = model_sums.get(model, 0.0) + sample.value
             else:
                 yield family
-        for name, by_bound in buckets.items():
-            yield _cumulative(name, documentation[name], by_bound, sums.get(name, 0.0))
-
-
-def _cumulative(
-    name: str, documentation: str, by_bound: dict[str, float], total: float
-) -> HistogramMetricFamily:
-    ordered = sorted(by_bound.items(), key=lambda item: float(item[0]))
-    running = 0.0
-    cumulative = []
-    for bound, count in ordered:
-        running += count
-        cumulative.append((bound, running))
-    return HistogramMetricFamily(name, documentation, buckets=cumulative, sum_value=total)
+        for name, bucket_counts in buckets.items():
+            family = HistogramMetricFamily(name, documentation[name], labels=("model",))
+            for model, by_bound in bucket_counts.items():
+                ordered = sorted(by_bound.items(), key=lambda item: float(item[0]))
+                running = 0.0
+                cumulative = []
+                for bound, count in ordered:
+                    running += count
+                    cumulative.append((bound, running))
+                family.add_metric((model,), cumulative, sums.get(name, {}).get(model, 0.0))
+            yield family

@@ -8,7 +8,6 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from embedloom.errors import ModelNotFound
 from embedloom.server.schemas import EmbeddingRequest, EmbeddingResponse, parse_body
 from embedloom.server.state import embed_for_request, json_body, server_state
 
@@ -26,14 +25,10 @@ router = APIRouter()
 )
 async def create_embeddings(request: Request) -> Response:
     body = parse_body(await request.body(), EmbeddingRequest)
-    info = server_state(request).engine.model_info
-    if body.model is not None and body.model not in info.names:
-        raise ModelNotFound(
-            body.model,
-            message=f"model {body.model!r} is not served here; it serves {info.model_id!r}",
-        )
+    # An unknown name is refused (404 listing the served ones) before any work.
+    served = server_state(request).registry.served_name(body.model)
     # OpenAI's API has no truncation switch: the server's --auto-truncate decides.
-    result = await embed_for_request(request, body.input, dimensions=body.dimensions)
+    result = await embed_for_request(request, body.input, dimensions=body.dimensions, model=served)
     if body.encoding_format == "base64":
         encoded: list[object] = [
             base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in result.vectors
@@ -46,7 +41,7 @@ async def create_embeddings(request: Request) -> Response:
             {"object": "embedding", "index": index, "embedding": vector}
             for index, vector in enumerate(encoded)
         ],
-        "model": body.model or info.model_id,
+        "model": body.model or served,
         "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
     }
     return Response(

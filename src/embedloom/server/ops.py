@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -9,8 +10,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from embedloom._version import __version__
-from embedloom.engine import Engine
 from embedloom.errors import Unavailable
+from embedloom.registry import ModelStatus, Registry
 from embedloom.server.state import server_state
 
 __all__ = ["router"]
@@ -18,11 +19,16 @@ __all__ = ["router"]
 router = APIRouter()
 
 
-@router.get("/health", summary="200 while the model answers, 503 otherwise")
+@router.get(
+    "/health",
+    summary="200 while every loaded model answers, 503 otherwise (a model not loaded, or "
+    "loading, does not count: it is loaded when asked for)",
+)
 async def health(request: Request) -> dict[str, str]:
-    reason = server_state(request).engine.unhealthy_reason
-    if reason is not None:
-        raise Unavailable(reason)
+    for name, engine in server_state(request).registry.engines():
+        reason = engine.unhealthy_reason
+        if reason is not None:
+            raise Unavailable(f"model {name}: {reason}")
     return {"status": "ok"}
 
 
@@ -30,13 +36,78 @@ async def health(request: Request) -> dict[str, str]:
 _DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "int8"}
 
 
-@router.get("/info", summary="The served model and the server's limits")
+@router.get(
+    "/info",
+    summary="The default model in TEI's shape, every served model under 'models', and the "
+    "server's limits",
+)
 async def info(request: Request) -> dict[str, Any]:
     state = server_state(request)
-    model = state.engine.model_info
+    registry = state.registry
+    models = [_model(registry, status) for status in registry.statistics().models]
+    settings = state.settings
     return {
+        **{k: v for k, v in models[0].items() if k not in ("name", "state", "names")},
+        "model_names": list(models[0]["names"]),
+        "max_client_batch_size": settings.max_client_batch_size,
+        "auto_truncate": settings.auto_truncate,
+        "thread_budget": registry.slots.budget,
+        "models": models,
+        "version": __version__,
+    }
+
+
+@router.get("/v1/models", summary="The served models (OpenAI-compatible)")
+async def list_models(request: Request) -> dict[str, Any]:
+    registry = server_state(request).registry
+    return {
+        "object": "list",
+        "data": [
+            {"id": name, "object": "model", "created": _STARTED, "owned_by": "embedloom"}
+            for name in registry.names()
+        ],
+    }
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    return Response(server_state(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+# OpenAI's "created": when this server started serving its models.
+_STARTED = int(time.time())
+
+
+def _model(registry: Registry, status: ModelStatus) -> dict[str, Any]:
+    """One model's entry in /info; what only a loaded model knows is null otherwise."""
+    settings = registry.settings_of(status.name)
+    entry: dict[str, Any] = {
+        "name": status.name,
+        "names": list(status.names),
+        "state": status.state.value,
+        "model_id": status.model_id,
+        "model_dtype": None,
+        "backend": None,
+        "backend_choice": None,
+        "dimensions": None,
+        "max_input_length": None,
+        "normalizes": None,
+        "max_batch_tokens": settings.max_batch_tokens,
+        "max_batch_size": settings.max_batch_size,
+        "max_queued_inputs": settings.max_queued_inputs,
+        "keep_alive": settings.keep_alive,
+        "sharing": None,
+        "replicas": None,
+        "inference_threads": None,
+        "threads_per_replica": None,
+    }
+    engine = registry.loaded_engine(status.name)
+    if engine is None:
+        return entry
+    model = engine.model_info
+    worker = engine.statistics().worker
+    return entry | {
         "model_id": model.model_id,
-        "model_names": list(model.names),
         "model_dtype": _DTYPE_NAMES.get(model.dtype, model.dtype),
         "backend": model.backend,
         "backend_choice": {
@@ -48,27 +119,8 @@ async def info(request: Request) -> dict[str, Any]:
         "dimensions": model.dimensions,
         "max_input_length": model.max_input_tokens,
         "normalizes": model.normalizes,
-        "max_batch_tokens": state.settings.max_batch_tokens,
-        "max_batch_size": state.settings.max_batch_size,
-        "max_client_batch_size": state.settings.max_client_batch_size,
-        "max_queued_inputs": state.settings.max_queued_inputs,
-        "auto_truncate": state.settings.auto_truncate,
-        **_sharing(state.engine),
-        "version": __version__,
-    }
-
-
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(request: Request) -> Response:
-    return Response(server_state(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-
-def _sharing(engine: Engine) -> dict[str, Any]:
-    worker = engine.statistics().worker
-    return {
         "sharing": worker.strategy,
         "replicas": worker.replicas,
         "inference_threads": worker.inference_threads,
         "threads_per_replica": worker.threads_per_replica,
-        "thread_budget": engine.sharing.budget,
     }

@@ -18,7 +18,7 @@ from types import FrameType
 import uvicorn
 
 from embedloom.config import Settings
-from embedloom.engine import Engine
+from embedloom.registry import Registry
 from embedloom.server.app import create_app
 from embedloom.server.guard import uvicorn_limits
 from embedloom.server.listen import bind_listener
@@ -29,9 +29,9 @@ logger = logging.getLogger(__name__)
 
 
 class _DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, engine: Engine) -> None:
+    def __init__(self, config: uvicorn.Config, registry: Registry) -> None:
         super().__init__(config)
-        self._engine = engine
+        self._registry = registry
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
@@ -52,19 +52,19 @@ class _DrainingServer(uvicorn.Server):
         # A signal handler may interrupt the loop mid-step: hand the drain to the
         # loop rather than touching the engine from here.
         if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._engine.begin_drain)
+            self._loop.call_soon_threadsafe(self._registry.begin_drain)
         super().handle_exit(sig, frame)
 
 
 def serve(settings: Settings, *, listener: socket.socket | None = None) -> None:
-    """Serve ``settings.model`` on ``settings.host:settings.port`` until SIGTERM/SIGINT.
+    """Serve ``settings``' models on ``settings.host:settings.port`` until SIGTERM/SIGINT.
 
     ``listener``: the socket, already bound there (``listen.bind_listener``);
     bound here first if not given, so an address in use fails at once
     (``AddressUnavailable``), before the model loads."""
     listener = listener or bind_listener(settings.host, settings.port)
-    engine = Engine.from_settings(settings)
-    app = create_app(settings, engine)
+    registry = Registry(settings)
+    app = create_app(settings, registry=registry)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -75,7 +75,7 @@ def serve(settings: Settings, *, listener: socket.socket | None = None) -> None:
         server_header=False,
         **uvicorn_limits(settings),  # type: ignore[arg-type]
     )
-    server = _DrainingServer(config, engine)
+    server = _DrainingServer(config, registry)
     # uvicorn re-raises the stop signal once it has shut down gracefully; the
     # default action for it would end the process with -SIGTERM instead of 0.
     previous = {

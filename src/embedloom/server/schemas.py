@@ -76,7 +76,11 @@ class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     input: Texts = Field(description="a string, or a list of strings, to embed")
-    model: str | None = Field(default=None, description="must name the served model if given")
+    model: str | None = Field(
+        default=None,
+        description="a served model's name or alias (GET /v1/models); the default model "
+        "if not given",
+    )
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Dimensions | None = Field(
         default=None, description="keep the first N dimensions (re-normalised)"
@@ -113,6 +117,11 @@ class EmbedRequest(BaseModel):
         default=None, description="cut over-long inputs (default: the server's --auto-truncate)"
     )
     dimensions: Dimensions | None = None
+    model: str | None = Field(
+        default=None,
+        description="which served model embeds them (not in TEI, which serves one): "
+        "a name from GET /v1/models; the default model if not given",
+    )
 
 
 Model = TypeVar("Model", bound=BaseModel)

@@ -1,5 +1,5 @@
-"""What every route needs: the engine, the settings, and a way to await the engine that
-gives up when the client goes away."""
+"""What every route needs: the models (a registry of engines), the settings, and a way
+to await an engine that gives up when the client goes away."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from pydantic import BaseModel
 from starlette.requests import Request
 
 from embedloom.config import Settings
-from embedloom.engine import Embeddings, Engine
+from embedloom.engine import Embeddings
 from embedloom.errors import TooManyInputs
+from embedloom.registry import Registry
 from embedloom.scope import current_scope
 from embedloom.server.metrics import ServerMetrics
 
@@ -31,7 +32,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class ServerState:
-    engine: Engine
+    registry: Registry
     settings: Settings
     metrics: ServerMetrics
 
@@ -48,10 +49,11 @@ async def embed_for_request(
     normalize: bool | None = None,
     truncate: bool | None = None,
     dimensions: int | None = None,
+    model: str | None = None,
 ) -> Embeddings:
     """What both embedding routes do once the body is parsed: enforce the per-request
-    limit, apply the server's truncation default, and run the engine for as long as
-    the client is still there."""
+    limit, apply the server's truncation default, and run model ``model``'s engine
+    (None: the default model's) for as long as the client is still there."""
     state = server_state(request)
     batch = [texts] if isinstance(texts, str) else texts
     limit = state.settings.max_client_batch_size
@@ -60,16 +62,18 @@ async def embed_for_request(
     scope = current_scope()
     # The server's default deadline, unless the client sent its own.
     default_timeout = state.settings.request_timeout or None
-    return await unless_disconnected(
-        request,
-        state.engine.embed(
-            batch,
-            normalize=normalize,
-            truncate=state.settings.auto_truncate if truncate is None else truncate,
-            dimensions=dimensions,
-            timeout=default_timeout if scope is None or scope.deadline is None else None,
-        ),
-    )
+
+    async def embed() -> Embeddings:
+        async with state.registry.use(model) as engine:
+            return await engine.embed(
+                batch,
+                normalize=normalize,
+                truncate=state.settings.auto_truncate if truncate is None else truncate,
+                dimensions=dimensions,
+                timeout=default_timeout if scope is None or scope.deadline is None else None,
+            )
+
+    return await unless_disconnected(request, embed())
 
 
 def json_body(model: type[BaseModel]) -> dict[str, Any]:

@@ -14,8 +14,10 @@ stream: its chunks not yet run are dropped, counted in ``/metrics``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +26,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from embedloom.errors import EmbedloomError, TooManyInputs
+from embedloom.registry import Registry
 from embedloom.scope import current_scope
 from embedloom.server.errors import kind_of
 from embedloom.server.schemas import EmbedRequest, parse_body
@@ -51,7 +54,9 @@ async def embed_stream(request: Request) -> Response:
     texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
     if len(texts) > state.settings.max_stream_inputs:
         raise TooManyInputs(count=len(texts), limit=state.settings.max_stream_inputs)
-    items = state.engine.embed_stream(
+    items = _leased_stream(
+        state.registry,
+        body.model,
         texts,
         normalize=body.normalize,
         truncate=state.settings.auto_truncate if body.truncate is None else body.truncate,
@@ -68,6 +73,18 @@ async def embed_stream(request: Request) -> Response:
     return StreamingResponse(
         _lines(first, items, lines_per_send), media_type="application/x-ndjson"
     )
+
+
+async def _leased_stream(
+    registry: Registry, model: str | None, texts: list[str], **options: Any
+) -> AsyncGenerator[_Item, None]:
+    """The engine's stream, with the model held loaded until the stream is closed."""
+    async with (
+        registry.use(model) as engine,
+        contextlib.aclosing(engine.embed_stream(texts, **options)) as items,
+    ):
+        async for item in items:
+            yield item
 
 
 async def _lines(

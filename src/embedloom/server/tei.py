@@ -29,6 +29,7 @@ async def embed(request: Request) -> Response:
         normalize=body.normalize,
         truncate=body.truncate,
         dimensions=body.dimensions,
+        model=body.model,
     )
     return Response(
         orjson.dumps(result.vectors, option=orjson.OPT_SERIALIZE_NUMPY),

@@ -108,11 +108,12 @@ def serve_workers(settings: Settings, *, listener: socket.socket | None = None) 
         # Resolve (and fetch, once) in the master: a missing model fails here with
         # its message, instead of as N workers failing to boot; workers then find
         # it stored.
-        model = resolve_model(settings.model, store=ModelStore.for_settings(settings))
-        logger.info("model %s from %s", model.id, model.path)
-        # Likewise the backend: the trial (a child process, so the master holds no
-        # thread pools at fork) runs once here, and every worker reads its record.
-        Engine.choose_backend(per_worker)
+        for spec in settings.models:
+            model = resolve_model(spec.ref, store=ModelStore.for_settings(settings))
+            logger.info("model %s: %s from %s", spec.name, model.id, model.path)
+            # Likewise the backend: the trial (a child process, so the master holds
+            # no thread pools at fork) runs once here, and every worker reads its record.
+            Engine.choose_backend(per_worker.for_model(spec.name))
         # gunicorn takes the descriptor over (and closes it when done).
         _Gunicorn(per_worker, metrics_dir, listener_fd=listener.detach()).run()
     finally:
@@ -122,11 +123,23 @@ def serve_workers(settings: Settings, *, listener: socket.socket | None = None) 
 
 def _build_app(settings: Settings, metrics_dir: Path, *, preload: bool) -> Any:
     from embedloom.engine import Engine
+    from embedloom.registry import Registry
     from embedloom.server.app import create_app
+    from embedloom.sharing.slots import ComputeSlots
+    from embedloom.threads import usable_cores
 
     started = time.perf_counter()
-    engine = Engine.from_settings(settings, preload=preload)
+    registry = None
     if preload:
+        # Every model read once here; the workers share the pages copy-on-write.
+        slots = ComputeSlots(settings.threads or usable_cores().usable)
+        engines = [
+            Engine.from_settings(
+                settings.for_model(spec.name), preload=True, slots=slots, name=spec.name
+            )
+            for spec in settings.models
+        ]
+        registry = Registry(settings, engines=engines, slots=slots)
         threads = _native_threads()
         logger.info(
             "preloaded in the master in %.2f s; %d native thread(s) alive before fork: %s",
@@ -135,7 +148,7 @@ def _build_app(settings: Settings, metrics_dir: Path, *, preload: bool) -> Any:
             ", ".join(threads),
             extra={"native_threads": len(threads)},
         )
-    return create_app(settings, engine, metrics_dir=metrics_dir)
+    return create_app(settings, registry=registry, metrics_dir=metrics_dir)
 
 
 def _native_threads() -> list[str]:

@@ -17,11 +17,11 @@ from embedloom import tracing
 from embedloom._version import __version__
 from embedloom.config import Settings
 from embedloom.engine import Engine
-from embedloom.errors import EmbedloomError
+from embedloom.errors import EmbedloomError, InvalidInput
 from embedloom.registry import Registry
 from embedloom.server import openai, ops, stream, tei
 from embedloom.server.docs import install_docs
-from embedloom.server.errors import error_response, response_for
+from embedloom.server.errors import refusal_for_status, response_for
 from embedloom.server.guard import RequestGuard, load_api_keys
 from embedloom.server.metrics import ServerMetrics
 from embedloom.server.middleware import RequestContextMiddleware
@@ -100,27 +100,15 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        return error_response(
-            request.url.path,
-            exc.status_code,
-            str(exc.detail),
-            openai_type="invalid_request_error",
-            tei_type="http",
-            headers=exc.headers,
-        )
+        refusal = refusal_for_status(exc.status_code, str(exc.detail), exc.headers)
+        return response_for(refusal, request.url.path)
 
     async def on_validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
-        return error_response(
-            request.url.path,
-            422,
-            f"invalid request: {problems}",
-            openai_type="invalid_request_error",
-            tei_type="validation",
-        )
+        return response_for(InvalidInput(f"invalid request: {problems}"), request.url.path)
 
     async def on_disconnect(request: Request, exc: Exception) -> Response:
         return Response(status_code=_CLIENT_CLOSED_REQUEST)

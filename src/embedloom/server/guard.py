@@ -16,12 +16,18 @@ import ipaddress
 import logging
 from pathlib import Path
 
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedloom.config import Settings, SettingsError
 from embedloom.server.docs import ASSETS_URL, DOCS_URL, OPENAPI_URL
-from embedloom.server.errors import error_response
+from embedloom.server.errors import (
+    BodyTimeout,
+    BodyTooLarge,
+    HttpRefusal,
+    Unauthorized,
+    UnsupportedMediaType,
+    response_for,
+)
 
 __all__ = ["RequestGuard", "load_api_keys", "uvicorn_limits", "warn_if_exposed"]
 
@@ -106,27 +112,16 @@ class RequestGuard:
             return
         refusal = self._refusal(scope)
         if refusal is not None:
-            status, message, openai_type, headers = refusal
-            response = error_response(
-                scope["path"],
-                status,
-                message,
-                openai_type=openai_type,
-                tei_type="unauthorized" if status == 401 else "validation",
-                headers=headers,
-            )
-            await response(scope, receive, send)
+            await response_for(refusal, scope["path"])(scope, receive, send)
             return
         await self._app(scope, self._limited(receive), send)
 
-    def _refusal(self, scope: Scope) -> tuple[int, str, str, dict[str, str]] | None:
+    def _refusal(self, scope: Scope) -> HttpRefusal | None:
         headers = _headers(scope)
         if self._keys and not _is_open(scope["path"]) and not self._authorised(headers):
-            return (
-                401,
+            return Unauthorized(
                 "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
-                "invalid_request_error",
-                {"WWW-Authenticate": "Bearer"},
+                headers={"WWW-Authenticate": "Bearer"},
             )
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             return None
@@ -134,16 +129,13 @@ class RequestGuard:
         if content_type is not None:
             media_type = content_type.split(b";", 1)[0].strip().lower().decode("latin-1")
             if media_type not in _JSON_TYPES and not media_type.endswith("+json"):
-                return (
-                    415,
+                return UnsupportedMediaType(
                     f"the request body must be JSON (Content-Type: application/json), "
-                    f"not {media_type or 'empty'}",
-                    "invalid_request_error",
-                    {},
+                    f"not {media_type or 'empty'}"
                 )
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self._max_body:
-            return (413, self._too_large(int(declared)), "invalid_request_error", {})
+            return BodyTooLarge(self._too_large(int(declared)))
         return None
 
     def _authorised(self, headers: dict[bytes, bytes]) -> bool:
@@ -183,8 +175,7 @@ class RequestGuard:
                 async with asyncio.timeout_at(deadline):
                     message = await receive()
             except TimeoutError:
-                raise HTTPException(
-                    408,
+                raise BodyTimeout(
                     f"the request body did not arrive within {self._body_timeout:g}s "
                     "(--body-timeout)",
                     headers={"Connection": "close"},
@@ -192,7 +183,7 @@ class RequestGuard:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self._max_body:
-                    raise HTTPException(413, self._too_large(None), headers={"Connection": "close"})
+                    raise BodyTooLarge(self._too_large(None), headers={"Connection": "close"})
                 body_done = not message.get("more_body", False)
             else:
                 body_done = True

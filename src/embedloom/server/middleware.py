@@ -16,8 +16,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedloom import tracing
 from embedloom.config import Settings
+from embedloom.errors import EmbedloomError, InvalidInput
 from embedloom.scope import PRIORITIES, Priority, request_scope
-from embedloom.server.errors import error_response
+from embedloom.server.errors import response_for
 from embedloom.server.metrics import ServerMetrics
 
 __all__ = ["RequestContextMiddleware"]
@@ -54,14 +55,7 @@ class RequestContextMiddleware:
         try:
             timeout, priority = self._deadline_and_priority(scope)
         except ValueError as exc:
-            response = error_response(
-                scope["path"],
-                422,
-                str(exc),
-                openai_type="invalid_request_error",
-                tei_type="validation",
-            )
-            await response(scope, receive, send)
+            await response_for(InvalidInput(str(exc)), scope["path"])(scope, receive, send)
             self._metrics.observe_request(
                 _route_template(scope), scope["method"], 422, time.perf_counter() - started
             )
@@ -92,14 +86,10 @@ class RequestContextMiddleware:
                 logger.exception("unhandled error while serving %s", scope["path"])
                 if response_started:
                     raise
-                response = error_response(
-                    scope["path"],
-                    500,
-                    f"internal error; quote request id {request.request_id} when reporting it",
-                    openai_type="server_error",
-                    tei_type="internal",
+                internal = EmbedloomError(
+                    f"internal error; quote request id {request.request_id} when reporting it"
                 )
-                await response(scope, receive, send_with_id)
+                await response_for(internal, scope["path"])(scope, receive, send_with_id)
             finally:
                 seconds = time.perf_counter() - started
                 route = _route_template(scope)

@@ -8,6 +8,7 @@ test releases it, so "the model is busy" is a fact, not a race.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -30,8 +31,11 @@ from tests.fakes import FakeBackend, inline, signature
 
 
 class FakeClock:
+    """The running loop's clock, moved by the test: deadlines, expiry timers, queue
+    waits and ageing all read the loop's time, so this one clock drives them all."""
+
     def __init__(self) -> None:
-        self.now = 100.0
+        self.now = asyncio.get_running_loop().time()
 
     def __call__(self) -> float:
         return self.now
@@ -41,13 +45,16 @@ class FakeClock:
 async def running(
     backend: FakeBackend, clock: FakeClock | None = None, **settings: Any
 ) -> AsyncIterator[Engine]:
-    """An engine on ``backend``, started (its warm-up batch already run)."""
-    engine = Engine(
-        lambda: backend,
-        settings=Settings(**settings),
-        offload=inline,
-        **({"clock": clock} if clock else {}),
-    )
+    """An engine on ``backend``, started (its warm-up batch already run); with
+    ``clock``, on a loop whose time is that clock."""
+    loop = asyncio.get_running_loop()
+    slow_step = loop.slow_callback_duration
+    if clock is not None:
+        loop.time = clock  # type: ignore[method-assign]
+        # The loop times its steps on its own clock: moving the clock inside a step
+        # would read as a blocked loop. On a fake clock that check means nothing.
+        loop.slow_callback_duration = math.inf
+    engine = Engine(lambda: backend, settings=Settings(**settings), offload=inline)
     backend.release()  # the warm-up batch
     await engine.start()
     assert backend.wait_entered() == ["warm up"]
@@ -57,6 +64,9 @@ async def running(
     finally:
         backend.release(100)  # never leave the worker thread blocked
         await engine.close(grace=5)
+        if clock is not None:
+            del loop.time  # type: ignore[method-assign]
+            loop.slow_callback_duration = slow_step
 
 
 async def until_queued(engine: Engine, inputs: int) -> None:

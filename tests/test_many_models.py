@@ -10,7 +10,6 @@ directory. Assertions read counts and states from ``statistics()``, never times.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -189,13 +188,14 @@ async def test_an_idle_model_is_unloaded_after_keep_alive_and_reloaded_with_the_
         keep_alive=30,
     )
     texts = sample_texts(16, seed=11)
+    now = asyncio.get_running_loop().time  # the registry's clock: the loop's
     async with Registry(settings) as registry:
         async with registry.use("tiny") as engine:
             before = (await engine.embed(texts)).vectors
             # In use: never unloaded, whatever the clock says.
-            assert await registry.unload_idle(time.monotonic() + 3600) == []
-        assert await registry.unload_idle(time.monotonic() + 1) == [], "not idle long enough"
-        assert await registry.unload_idle(time.monotonic() + 31) == ["tiny"]
+            assert await registry.unload_idle(now() + 3600) == []
+        assert await registry.unload_idle(now() + 1) == [], "not idle long enough"
+        assert await registry.unload_idle(now() + 31) == ["tiny"]
         assert _state(registry, "tiny") is LoadState.UNLOADED
         assert registry.engines() == []
         async with registry.use("tiny") as engine:

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import enum
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING
 from embedloom.config import ModelSpec, Settings
 from embedloom.errors import ModelLoading, ModelNotFound, Unavailable
 from embedloom.offload import run_in_thread
-from embedloom.scope import current_scope
+from embedloom.scope import current_scope, loop_clock
 from embedloom.sharing.slots import ComputeSlots, SlotStatistics
 from embedloom.threads import usable_cores
 
@@ -247,7 +246,7 @@ class Registry:
             yield engine
         finally:
             served.leases -= 1
-            served.last_used = time.monotonic()
+            served.last_used = _now()
             await self._notify()
 
     async def _lease(self, served: _Served) -> Engine:
@@ -291,7 +290,7 @@ class Registry:
                 await served.engine.start()
             served.state = LoadState.LOADED
             served.loads += 1
-            served.last_used = time.monotonic()
+            served.last_used = _now()
             done.set_result(None)
         except BaseException as exc:
             served.engine = None
@@ -342,7 +341,7 @@ class Registry:
     async def unload_idle(self, now: float | None = None) -> list[str]:
         """Unload every model idle for its ``keep_alive`` (the reaper calls this; a
         test may with its own ``now``); returns the names unloaded."""
-        now = time.monotonic() if now is None else now
+        now = _now() if now is None else now
         unloaded = []
         for served in self._models:
             keep_alive = served.settings.keep_alive
@@ -373,7 +372,7 @@ class Registry:
     # -- observation ----------------------------------------------------------------
 
     def statistics(self) -> RegistryStatistics:
-        now = time.monotonic()
+        now = _now()
         return RegistryStatistics(
             models=tuple(
                 ModelStatus(
@@ -408,8 +407,11 @@ def _resolved_names(spec: ModelSpec, settings: Settings, engine: Engine | None) 
     return (resolved.id, *resolved.names)
 
 
+def _now() -> float:
+    return loop_clock()()
+
+
 def _load_wait() -> float:
     scope = current_scope()
-    if scope is not None and scope.deadline is not None:
-        return max(0.0, scope.deadline - time.monotonic())
-    return _DEFAULT_LOAD_WAIT
+    remaining = scope.remaining() if scope is not None else None
+    return _DEFAULT_LOAD_WAIT if remaining is None else max(0.0, remaining)

@@ -12,12 +12,13 @@ and every request in it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -49,8 +50,10 @@ _REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 class RequestScope:
     """What is known about the request being served in this context.
 
-    ``deadline``: when the caller stops waiting, on ``time.monotonic``'s clock
-    (None: no limit). ``cancelled``: set when the caller is gone (the HTTP client
+    ``deadline``: when the caller stops waiting, on ``clock`` (None: no limit):
+    the event loop's time when the scope was entered on a loop — the one clock
+    of deadlines, timers and ageing — else ``time.monotonic``, which is what a
+    default loop's time reads. ``cancelled``: set when the caller is gone (the HTTP client
     disconnected); blocking work in other threads can check it and stop early.
     """
 
@@ -59,13 +62,14 @@ class RequestScope:
     priority: Priority = "normal"
     trace_parent: str | None = None  # the incoming W3C traceparent, if any
     cancelled: threading.Event = field(default_factory=threading.Event, compare=False)
+    clock: Callable[[], float] = field(default=time.monotonic, compare=False, repr=False)
 
     def cancel(self) -> None:
         self.cancelled.set()
 
     def remaining(self) -> float | None:
         """Seconds until the deadline (negative once past); None without one."""
-        return None if self.deadline is None else self.deadline - time.monotonic()
+        return None if self.deadline is None else self.deadline - self.clock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +111,9 @@ def request_scope(
     """Enter a request's scope for the duration of the block."""
     if request_id is None or not valid_request_id(request_id):
         request_id = new_request_id()
-    deadline = time.monotonic() + timeout if timeout is not None else None
-    scope = RequestScope(request_id, deadline, priority, trace_parent)
+    clock = loop_clock()
+    deadline = clock() + timeout if timeout is not None else None
+    scope = RequestScope(request_id, deadline, priority, trace_parent, clock=clock)
     token = _current.set(scope)
     try:
         yield scope
@@ -147,3 +152,12 @@ class ScopeLogFilter(logging.Filter):
         scope = _current.get()
         record.request_id = scope.request_id if scope is not None else "-"
         return True
+
+
+def loop_clock() -> Callable[[], float]:
+    """The running event loop's time, the one clock of deadlines and timers; in a
+    thread without a loop, ``time.monotonic`` (what a default loop's time reads)."""
+    try:
+        return asyncio.get_running_loop().time
+    except RuntimeError:  # no loop in this thread
+        return time.monotonic

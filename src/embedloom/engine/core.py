@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Self
 
 import numpy as np
@@ -29,7 +29,7 @@ from embedloom.engine.admission import Admission
 from embedloom.engine.api import Embeddings, EngineState, ModelInfo, Offload
 from embedloom.engine.scheduler import Scheduler
 from embedloom.engine.statistics import EngineStatistics
-from embedloom.engine.work import Request
+from embedloom.engine.work import Request, validated_dimensions, validated_texts
 from embedloom.errors import (
     BackendError,
     InputTooLong,
@@ -69,7 +69,6 @@ class Engine:
         settings: Settings | None = None,
         model_id: str = "custom",
         model_names: Sequence[str] = (),
-        clock: Callable[[], float] = time.monotonic,
         sharing: SharingPlan | None = None,
         worker: InferenceWorker | None = None,
         offload: Offload = run_in_thread,
@@ -98,12 +97,17 @@ class Engine:
             overhead_tokens=self._settings.batch_overhead_tokens,
             one_request_per_batch=self._sharing.strategy == "locked" or batch_per_request,
         )
-        self._clock = clock
         if slots is None and self._sharing.budget:
             slots = ComputeSlots(self._sharing.budget)
         self._slots = slots
         self._worker = worker or build_worker(
-            self._sharing, backend_factory, clock=clock, slots=slots, owner=name or model_id
+            self._sharing,
+            backend_factory,
+            # Batch times and hang detection on the loop's clock too, read lazily:
+            # the loop is known only once the engine starts.
+            clock=self._time,
+            slots=slots,
+            owner=name or model_id,
         )
         self._name = name or model_id
         self._model_id = model_id
@@ -117,7 +121,6 @@ class Engine:
             policy,
             self._admission,
             inference_timeout=self._settings.inference_timeout,
-            clock=clock,
         )
 
     @classmethod
@@ -125,7 +128,6 @@ class Engine:
         cls,
         settings: Settings,
         *,
-        clock: Callable[[], float] = time.monotonic,
         preload: bool = False,
         batch_per_request: bool = False,
         slots: ComputeSlots | None = None,
@@ -159,7 +161,6 @@ class Engine:
             model_id=setup.model.id,
             model_names=setup.model.names,
             name=name,
-            clock=clock,
             sharing=setup.plan,
             batch_per_request=batch_per_request,
             tune_memory=True,
@@ -182,6 +183,9 @@ class Engine:
     def name(self) -> str:
         """The name this engine's model is served under."""
         return self._name
+
+    def _time(self) -> float:
+        return self._loop.time() if self._loop is not None else time.monotonic()
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -330,8 +334,8 @@ class Engine:
         if self._scheduler.recovering_reason is not None:
             raise Unavailable(f"the model is restarting ({self.unhealthy_reason}); retry shortly")
         backend = self._require_backend()
-        texts = _validated_texts(texts)
-        width = _validated_dimensions(dimensions, backend.dimensions)
+        texts = validated_texts(texts)
+        width = validated_dimensions(dimensions, backend.dimensions)
         scope = current_scope()
         if priority is None:
             priority = scope.priority if scope else "normal"
@@ -341,7 +345,8 @@ class Engine:
         if timeout is not None:
             if timeout <= 0:
                 raise InvalidInput("timeout must be positive", param="timeout")
-            deadline = self._clock() + timeout
+            assert self._loop is not None
+            deadline = self._loop.time() + timeout
         request = self._admit(len(texts), backend, width, normalize, deadline, priority)
         try:
             try:
@@ -386,7 +391,7 @@ class Engine:
         cancelling) drops the chunks not yet run, counted in ``inputs_dropped``.
         Deadlines come from the request scope.
         """
-        texts = _validated_texts(texts)
+        texts = validated_texts(texts)
         if in_flight < 1:
             raise ValueError("in_flight must be at least 1")
         chunk = chunk_size or self._settings.max_batch_size
@@ -446,7 +451,7 @@ class Engine:
             priority,
             permit,
         )
-        request.admitted_at = self._clock()
+        request.admitted_at = self._loop.time()
         request.span = tracing.current_span_context()
         self._scheduler.track(request)
         logger.debug(
@@ -483,29 +488,3 @@ class Engine:
             f"admitted={stats.admitted_inputs}/{stats.max_queued_inputs} "
             f"running_batches={stats.running_batches}>"
         )
-
-
-def _validated_texts(texts: Sequence[str]) -> list[str]:
-    if isinstance(texts, str) or not isinstance(texts, Sequence):
-        raise InvalidInput("input must be a list of strings", param="input")
-    if not texts:
-        raise InvalidInput("input must not be empty", param="input")
-    for index, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise InvalidInput(f"input {index} is not a string", param="input")
-        if not text:
-            raise InvalidInput(f"input {index} is an empty string", param="input")
-    return list(texts)
-
-
-def _validated_dimensions(dimensions: int | None, model_dimensions: int) -> int:
-    if dimensions is None:
-        return model_dimensions
-    if isinstance(dimensions, bool) or not isinstance(dimensions, int):
-        raise InvalidInput("dimensions must be an integer", param="dimensions")
-    if not 1 <= dimensions <= model_dimensions:
-        raise InvalidInput(
-            f"dimensions must be between 1 and {model_dimensions}, got {dimensions}",
-            param="dimensions",
-        )
-    return dimensions

@@ -23,7 +23,7 @@ import asyncio
 import functools
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -64,13 +64,11 @@ class Scheduler:
         admission: Admission,
         *,
         inference_timeout: float,
-        clock: Callable[[], float],
     ) -> None:
         self._worker = worker
         self._policy = policy
         self._admission = admission
         self._inference_timeout = inference_timeout
-        self._clock = clock
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._queue: deque[QueuedInput] = deque()
@@ -118,6 +116,11 @@ class Scheduler:
         if self._watchdog is not None:
             self._watchdog.cancel()
 
+    def _now(self) -> float:
+        """The loop's time: the one clock of deadlines, queue waits and ageing."""
+        assert self._loop is not None
+        return self._loop.time()
+
     @property
     def recovering_reason(self) -> str | None:
         """Why inference threads are being replaced (None while none is)."""
@@ -129,8 +132,7 @@ class Scheduler:
         assert self._loop is not None
         self._counts["requests_admitted"] += 1
         if request.deadline is not None:
-            delay = max(0.0, request.deadline - self._clock())
-            request.timer = self._loop.call_later(delay, self._expire, request)
+            request.timer = self._loop.call_at(request.deadline, self._expire, request)
 
     def count_dropped(self, inputs: int) -> None:
         """Inputs that never reached the engine (a stream left early)."""
@@ -150,7 +152,7 @@ class Scheduler:
         }
 
     def enqueue(self, request: Request, tokenized: list[TokenizedInput]) -> None:
-        now = self._clock()
+        now = self._now()
         for index, tokens in enumerate(tokenized):
             self._queue.append(QueuedInput(request, index, tokens, now))
             self._input_length.observe(tokens.n_tokens)
@@ -168,7 +170,7 @@ class Scheduler:
             self._submit(self._retries.popleft())
         while self._queue and len(self._jobs) < self._worker.capacity:
             idle = len(self._jobs) < self._worker.parallelism
-            plan = plan_batch(self._queue, self._policy, model_idle=idle, now=self._clock())
+            plan = plan_batch(self._queue, self._policy, model_idle=idle, now=self._now())
             if plan is None:
                 return
             if plan.expired:
@@ -179,7 +181,7 @@ class Scheduler:
                     self._expire(request)
                 continue
             items = self._take(plan.positions)
-            now = self._clock()
+            now = self._now()
             for item in items:
                 self._queue_seconds.observe(now - item.enqueued_at)
             if tracing.enabled():
@@ -189,7 +191,7 @@ class Scheduler:
     def _submit(self, items: list[QueuedInput]) -> None:
         assert self._loop is not None
         self._next_batch_id += 1
-        job = Job(self._next_batch_id, items, self._loop, self._on_job_done, self._clock)
+        job = Job(self._next_batch_id, items, self._loop, self._on_job_done)
         self._jobs[job.batch_id] = job
         self._worker.submit(job)
 

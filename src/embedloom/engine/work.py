@@ -17,12 +17,13 @@ import numpy.typing as npt
 from embedloom.backends.base import TokenizedInput
 from embedloom.engine.admission import Permit
 from embedloom.engine.api import Embeddings
+from embedloom.errors import InvalidInput
 from embedloom.scope import PRIORITIES, Priority
 
 if TYPE_CHECKING:
     from opentelemetry.trace import SpanContext
 
-__all__ = ["Job", "QueuedInput", "Request", "Vectors"]
+__all__ = ["Job", "QueuedInput", "Request", "Vectors", "validated_dimensions", "validated_texts"]
 
 # The engine's log, whichever of its modules writes.
 logger = logging.getLogger("embedloom.engine")
@@ -125,11 +126,9 @@ class Job:
         items: list[QueuedInput],
         loop: asyncio.AbstractEventLoop,
         on_done: Callable[[Job, Vectors | None, BaseException | None, float], None],
-        clock: Callable[[], float],
     ) -> None:
         self.batch_id = batch_id
         self.items = items
-        self._clock = clock
         self.taken: list[QueuedInput] = []
         self.skipped: list[QueuedInput] = []
         # Loop-side bookkeeping: the outcome arrived, or the engine gave up on the
@@ -142,7 +141,8 @@ class Job:
     def take_inputs(self) -> Sequence[TokenizedInput]:
         # A waiting batch may hold inputs whose caller left, or whose deadline passed
         # while it waited: those never reach the model.
-        now = self._clock()
+        # The loop's clock, read from the worker's thread (a plain monotonic read).
+        now = self._loop.time()
         self.taken, self.skipped = [], []
         for item in self.items:
             deadline = item.request.deadline
@@ -169,3 +169,30 @@ class Job:
         except RuntimeError:
             # The loop is closed: the engine was abandoned without close(); nobody waits.
             logger.warning("batch %d finished after its event loop closed", self.batch_id)
+
+
+def validated_texts(texts: Sequence[str]) -> list[str]:
+    """``texts`` as a list, or ``InvalidInput`` naming what is wrong."""
+    if isinstance(texts, str) or not isinstance(texts, Sequence):
+        raise InvalidInput("input must be a list of strings", param="input")
+    if not texts:
+        raise InvalidInput("input must not be empty", param="input")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InvalidInput(f"input {index} is not a string", param="input")
+        if not text:
+            raise InvalidInput(f"input {index} is an empty string", param="input")
+    return list(texts)
+
+
+def validated_dimensions(dimensions: int | None, model_dimensions: int) -> int:
+    if dimensions is None:
+        return model_dimensions
+    if isinstance(dimensions, bool) or not isinstance(dimensions, int):
+        raise InvalidInput("dimensions must be an integer", param="dimensions")
+    if not 1 <= dimensions <= model_dimensions:
+        raise InvalidInput(
+            f"dimensions must be between 1 and {model_dimensions}, got {dimensions}",
+            param="dimensions",
+        )
+    return dimensions

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from tests.helpers import ServerProcess, sample_texts
+from tests.helpers import ServerProcess, build_tiny_bert, sample_texts
 
 # Nothing in the suite may reach the Hugging Face hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -72,32 +72,8 @@ def reference_encode(reference_model: object) -> object:
 
 @pytest.fixture(scope="session")
 def second_model_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A second, different embedding model no package ships: a 2-layer BERT of width 64
-    with seeded random weights, CLS pooling, no normalisation, inputs up to 128 tokens
-    (MiniLM's tokenizer), saved as a sentence-transformers directory."""
-    import torch
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("models")
-    bert = folder / "bert"
-    torch.manual_seed(7)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=512,
-    )
-    BertModel(config).save_pretrained(bert)
-    AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(bert)
-    transformer = Transformer(str(bert), max_seq_length=128)
-    pooling = Pooling(64, pooling_mode="cls")
-    target = folder / "tiny-bert"
-    SentenceTransformer(modules=[transformer, pooling], device="cpu").save(str(target))
-    return target
+    """A second, different embedding model no package ships (``build_tiny_bert``)."""
+    return build_tiny_bert(model_dir, tmp_path_factory.mktemp("models") / "tiny-bert")
 
 
 @pytest.fixture(scope="session")

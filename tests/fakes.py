@@ -7,15 +7,21 @@ batch until the test lets it go, to make concurrency deterministic.
 
 from __future__ import annotations
 
+import asyncio
+import math
 import queue
 import threading
-from collections.abc import Callable, Sequence
-from typing import ParamSpec, TypeVar
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from embedloom.backends.base import TokenizedInput
+from embedloom.config import Settings
+from embedloom.engine import Engine
+from embedloom.sharing import SharingPlan
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -98,6 +104,10 @@ class FakeBackend:
             with self._lock:
                 self.running -= 1
 
+    @property
+    def holds_batches(self) -> bool:
+        return self._hold
+
     def unhang(self) -> None:
         """Let every batch blocked on ``hang_on`` return."""
         self._unhung.set()
@@ -125,3 +135,53 @@ def signature(text: str) -> list[float]:
 async def inline(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
     """An offload that runs the call at once on the loop: engine steps become deterministic."""
     return fn(*args, **kwargs)
+
+
+class FakeClock:
+    """The running loop's clock, moved by the test: deadlines, expiry timers, queue
+    waits and ageing all read the loop's time, so this one clock drives them all."""
+
+    def __init__(self) -> None:
+        self.now = asyncio.get_running_loop().time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@asynccontextmanager
+async def running_engine(
+    backend: FakeBackend,
+    *,
+    factory: Callable[[], FakeBackend] | None = None,
+    clock: FakeClock | None = None,
+    sharing: SharingPlan | None = None,
+    **settings: Any,
+) -> AsyncIterator[Engine]:
+    """An engine on ``backend`` (made by ``factory``, default: that one backend),
+    tokenising inline, started with its warm-up batch run; with ``clock``, on a loop
+    whose time is that clock. Whatever the test leaves held or hung is let go."""
+    loop = asyncio.get_running_loop()
+    slow_step = loop.slow_callback_duration
+    if clock is not None:
+        loop.time = clock  # type: ignore[method-assign]
+        # The loop times its steps on its own clock: moving the clock inside a step
+        # would read as a blocked loop. On a fake clock that check means nothing.
+        loop.slow_callback_duration = math.inf
+    engine = Engine(
+        factory or (lambda: backend), settings=Settings(**settings), offload=inline, sharing=sharing
+    )
+    if backend.holds_batches:
+        backend.release()  # the warm-up batch
+    await engine.start()
+    assert backend.wait_entered() == ["warm up"]
+    backend.batches.clear()
+    try:
+        yield engine
+    finally:
+        if backend.holds_batches:
+            backend.release(100)  # never leave an inference thread blocked
+        backend.unhang()
+        await engine.close(grace=5)
+        if clock is not None:
+            del loop.time  # type: ignore[method-assign]
+            loop.slow_callback_duration = slow_step

@@ -44,6 +44,35 @@ def long_text(tokens: int = 220) -> str:
     return " ".join(_ONE_TOKEN_WORDS[i % len(_ONE_TOKEN_WORDS)] for i in range(tokens - 2))
 
 
+def build_tiny_bert(tokenizer_dir: Path, target: Path, *, seed: int = 7) -> Path:
+    """A second embedding model no package ships, for tests and benchmarks: a 2-layer
+    BERT of width 64 with seeded random weights, CLS pooling, no normalisation,
+    inputs up to 128 tokens (``tokenizer_dir``'s tokenizer), saved at ``target`` as
+    a sentence-transformers directory. Its vectors mean nothing; that it is a real,
+    different model (compared with sentence-transformers on the same directory) is
+    what routing needs."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    bert = target.with_name(target.name + "-weights")
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=512,
+    )
+    BertModel(config).save_pretrained(bert)
+    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(bert)
+    modules = [Transformer(str(bert), max_seq_length=128), Pooling(64, pooling_mode="cls")]
+    SentenceTransformer(modules=modules, device="cpu").save(str(target))
+    return target
+
+
 def metric_value(text: str, sample: str, **labels: str) -> float:
     """The sum of ``/metrics`` samples named ``sample`` whose labels include ``labels``
     (0 when there is none yet): one figure over every model unless a label picks one."""

@@ -8,9 +8,7 @@ test releases it, so "the model is busy" is a fact, not a race.
 from __future__ import annotations
 
 import asyncio
-import math
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import numpy as np
@@ -27,46 +25,14 @@ from embedloom import (
     TooManyInputs,
     Unavailable,
 )
-from tests.fakes import FakeBackend, inline, signature
+from tests.fakes import FakeBackend, FakeClock, inline, running_engine, signature
 
 
-class FakeClock:
-    """The running loop's clock, moved by the test: deadlines, expiry timers, queue
-    waits and ageing all read the loop's time, so this one clock drives them all."""
-
-    def __init__(self) -> None:
-        self.now = asyncio.get_running_loop().time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@asynccontextmanager
-async def running(
+def running(
     backend: FakeBackend, clock: FakeClock | None = None, **settings: Any
-) -> AsyncIterator[Engine]:
-    """An engine on ``backend``, started (its warm-up batch already run); with
-    ``clock``, on a loop whose time is that clock."""
-    loop = asyncio.get_running_loop()
-    slow_step = loop.slow_callback_duration
-    if clock is not None:
-        loop.time = clock  # type: ignore[method-assign]
-        # The loop times its steps on its own clock: moving the clock inside a step
-        # would read as a blocked loop. On a fake clock that check means nothing.
-        loop.slow_callback_duration = math.inf
-    engine = Engine(lambda: backend, settings=Settings(**settings), offload=inline)
-    backend.release()  # the warm-up batch
-    await engine.start()
-    assert backend.wait_entered() == ["warm up"]
-    backend.batches.clear()
-    try:
-        yield engine
-    finally:
-        backend.release(100)  # never leave the worker thread blocked
-        await engine.close(grace=5)
-        if clock is not None:
-            del loop.time  # type: ignore[method-assign]
-            loop.slow_callback_duration = slow_step
+) -> AbstractAsyncContextManager[Engine]:
+    """An engine on ``backend``, started (its warm-up batch already run)."""
+    return running_engine(backend, clock=clock, **settings)
 
 
 async def until_queued(engine: Engine, inputs: int) -> None:

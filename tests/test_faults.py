@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -21,7 +19,7 @@ from embedloom import BackendError, Engine, Settings, Unavailable
 from embedloom.offload import run_in_thread
 from embedloom.server import create_app
 from embedloom.sharing import SharingPlan
-from tests.fakes import FakeBackend, inline, signature
+from tests.fakes import FakeBackend, inline, running_engine, signature
 
 _HANG_LIMIT = 0.2
 
@@ -49,22 +47,6 @@ class GatedFactory:
         self._gate.set()
 
 
-@asynccontextmanager
-async def running(
-    factory: Callable[[], FakeBackend], backend: FakeBackend, **settings: Any
-) -> AsyncIterator[Engine]:
-    sharing = settings.pop("sharing_plan", None)
-    engine = Engine(factory, settings=Settings(**settings), offload=inline, sharing=sharing)
-    await engine.start()
-    assert backend.wait_entered() == ["warm up"]
-    backend.batches.clear()
-    try:
-        yield engine
-    finally:
-        backend.unhang()
-        await engine.close(grace=5)
-
-
 async def admitted(engine: Engine, count: int) -> None:
     """Let the event loop run until ``count`` inputs are admitted (tokenising is inline,
     so each request is queued in the step that admits it)."""
@@ -77,7 +59,7 @@ async def admitted(engine: Engine, count: int) -> None:
 
 async def test_a_poisoned_input_fails_alone_and_its_31_batch_mates_succeed() -> None:
     backend = FakeBackend(fail_on="poison", hang_on="blocker")
-    async with running(lambda: backend, backend, max_batch_size=32) as engine:
+    async with running_engine(backend, max_batch_size=32) as engine:
         blocker = asyncio.create_task(engine.embed(["blocker"]))
         await asyncio.to_thread(backend.wait_entered)
         texts = [f"text {i}" for i in range(31)]
@@ -106,7 +88,7 @@ async def test_a_poisoned_input_fails_alone_and_its_31_batch_mates_succeed() -> 
 
 async def test_every_input_of_a_failing_model_fails_and_nothing_is_left_admitted() -> None:
     backend = FakeBackend(fail_on="a", hang_on="blocker")
-    async with running(lambda: backend, backend, max_batch_size=8) as engine:
+    async with running_engine(backend, max_batch_size=8) as engine:
         blocker = asyncio.create_task(engine.embed(["blocker"]))
         await asyncio.to_thread(backend.wait_entered)
         mixed = asyncio.create_task(engine.embed(["a", "b", "c", "a"]))
@@ -122,7 +104,7 @@ async def test_every_input_of_a_failing_model_fails_and_nothing_is_left_admitted
 async def test_a_hung_inference_thread_is_replaced_and_queued_requests_fail_fast() -> None:
     backend = FakeBackend(hang_on="stuck")
     factory = GatedFactory(backend)
-    async with running(factory, backend, inference_timeout=_HANG_LIMIT) as engine:
+    async with running_engine(backend, factory=factory, inference_timeout=_HANG_LIMIT) as engine:
         stuck = asyncio.create_task(engine.embed(["stuck"]))
         await asyncio.to_thread(backend.wait_entered)
         waiting = asyncio.create_task(engine.embed(["waiting"]))
@@ -153,7 +135,7 @@ async def test_a_hung_inference_thread_is_replaced_and_queued_requests_fail_fast
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 async def test_a_dead_inference_thread_is_replaced() -> None:
     backend = FakeBackend(die_on="fatal")
-    async with running(lambda: backend, backend, inference_timeout=_HANG_LIMIT) as engine:
+    async with running_engine(backend, inference_timeout=_HANG_LIMIT) as engine:
         with pytest.raises(BackendError, match="inference thread 0 died"):
             await engine.embed(["fatal"])
         await asyncio.wait_for(engine.wait_until_serving(), 30)
@@ -168,8 +150,8 @@ async def test_a_hung_replica_is_replaced_while_the_other_keeps_its_work() -> No
     factory = GatedFactory(backend)
     factory.loads = -1  # two replicas load at start
     plan = SharingPlan("replicas", 2, 2, 1, 2, "test")
-    async with running(
-        factory, backend, inference_timeout=_HANG_LIMIT, sharing_plan=plan
+    async with running_engine(
+        backend, factory=factory, inference_timeout=_HANG_LIMIT, sharing=plan
     ) as engine:
         stuck = asyncio.create_task(engine.embed(["stuck"]))
         await asyncio.to_thread(backend.wait_entered)
@@ -185,7 +167,7 @@ async def test_a_hung_replica_is_replaced_while_the_other_keeps_its_work() -> No
 async def test_health_is_503_while_a_hung_thread_is_replaced() -> None:
     backend = FakeBackend(hang_on="stuck")
     factory = GatedFactory(backend)
-    async with running(factory, backend, inference_timeout=_HANG_LIMIT) as engine:
+    async with running_engine(backend, factory=factory, inference_timeout=_HANG_LIMIT) as engine:
         app = create_app(engine.settings, engine)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:

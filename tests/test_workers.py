@@ -33,13 +33,13 @@ def embed(url: str, texts: list[str], model: str = MODEL) -> tuple[int, np.ndarr
 
 
 def until_seen(
-    url: str, pids: set[int], texts: list[str]
+    url: str, pids: set[int], texts: list[str], model: str = MODEL
 ) -> tuple[dict[int, np.ndarray[Any, Any]], int]:
     """Requests until every pid in ``pids`` has answered one (bounded): the first
     answer of each worker, and how many requests it took."""
     answers: dict[int, np.ndarray[Any, Any]] = {}
     for sent in range(1, 401):
-        pid, vectors = embed(url, texts)
+        pid, vectors = embed(url, texts, model)
         answers.setdefault(pid, vectors)
         if pids <= answers.keys():
             return answers, sent
@@ -62,8 +62,10 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def preloaded() -> Iterator[Cluster]:
-    with ServerProcess.start("--workers", "2", "--preload") as server:
+def preloaded(second_model_dir: Path) -> Iterator[Cluster]:
+    """Two workers forked from a master that preloaded two models."""
+    models = ("--model", MODEL, "--model", f"tiny={second_model_dir}")
+    with ServerProcess.start("--workers", "2", "--preload", *models) as server:
         yield Cluster(server, server.engine_pids(2))
         assert server.terminate() == 0
 
@@ -75,7 +77,7 @@ def test_preload_loads_once_in_the_master_with_no_thread_started_before_fork(
     [preload] = [e for e in entries if e["message"].startswith("preloaded in the master")]
     assert preload["native_threads"] == 1, preload["message"]
     loads = [e for e in entries if e["message"].startswith("loaded model from")]
-    assert len(loads) == 1  # in the master, not once per worker
+    assert len(loads) == 2  # each model once, in the master, not once per worker
     plans = [e["message"] for e in entries if e["message"].startswith("sharing:")]
     # 2 cores between 2 workers: one compute thread each, never more than the cores.
     assert plans
@@ -99,7 +101,19 @@ def test_both_workers_answer_with_the_right_vectors_and_metrics_sum_them(
     # Any worker's /metrics counts every worker's requests.
     after = metric(preloaded.url, "embedloom_http_requests_total", **_EMBEDDINGS_OK)
     assert after - before == sent
-    assert metric(preloaded.url, "embedloom_replicas") == 2  # one model per worker, summed
+    # One replica of each model per worker, summed over the workers.
+    assert metric(preloaded.url, "embedloom_replicas", model=MODEL) == 2
+    assert metric(preloaded.url, "embedloom_replicas") == 4
+
+
+def test_every_worker_serves_each_preloaded_model(
+    preloaded: Cluster, second_reference_encode: Callable[[list[str]], Any], texts: list[str]
+) -> None:
+    sample = texts[:3]
+    answers, _ = until_seen(preloaded.url, preloaded.workers, sample, model="tiny")
+    expected = np.asarray(second_reference_encode(sample))
+    for pid, vectors in answers.items():
+        np.testing.assert_allclose(vectors, expected, atol=2e-5, err_msg=f"worker {pid}")
 
 
 @dataclass

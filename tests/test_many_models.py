@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from embedloom.config import Settings
+from embedloom.config import Settings, SettingsError
 from embedloom.errors import ModelNotFound, Overloaded
 from embedloom.offload import run_in_thread
 from embedloom.registry import LoadState, Registry
@@ -255,3 +255,6 @@ def test_names_aliases_and_the_catch_all(second_model_dir: Path) -> None:
         registry.served_name("text-embedding-ada-002")
     catch_all = Registry(settings.replace(catch_all=True))
     assert catch_all.served_name("text-embedding-ada-002") == "mini"
+    same = (("aliases", ("embedder",)),)
+    with pytest.raises(SettingsError, match="'embedder' is given to both 'mini' and 'tiny'"):
+        Registry(settings.replace(model_settings=(("mini", same), ("tiny", same))))

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from embedloom.config import ModelSpec, Settings
+from embedloom.config import ModelSpec, Settings, SettingsError
 from embedloom.errors import ModelLoading, ModelNotFound, Unavailable
 from embedloom.offload import run_in_thread
 from embedloom.scope import current_scope, loop_clock
@@ -137,10 +137,9 @@ class Registry:
                     # A served name wins over another model's alias.
                     self._by_name[name] = served
                 elif other is not served and name in served.spec.aliases:
-                    raise ModelNotFound(
-                        name,
-                        message=f"the name {name!r} is given to both {other.spec.name!r} and "
-                        f"{served.spec.name!r}",
+                    raise SettingsError(
+                        f"aliases: the name {name!r} is given to both {other.spec.name!r} "
+                        f"and {served.spec.name!r}"
                     )
 
     @classmethod

@@ -28,6 +28,10 @@ from tests.helpers import sample_texts
 pytestmark = pytest.mark.model
 
 EMBEDLOOM = str(Path(sys.executable).with_name("embedloom"))
+# For the tests that start many jobs or long ones: ONNX Runtime starts in a third
+# of torch's time (no torch import) and runs these short rows faster; what they
+# test (resume, memory) does not depend on the backend.
+ONNX = ("--backend", "onnx", "--dtype", "fp32")
 TEXTS = sample_texts(300, seed=11)
 
 
@@ -197,7 +201,7 @@ def test_a_fixed_mistake_needs_no_resume(tmp_path: Path) -> None:
 @pytest.mark.parametrize("suffix", ["parquet", "npy"])
 def test_killed_then_resumed_output_is_byte_identical(tmp_path: Path, suffix: str) -> None:
     source = write_input(tmp_path, "txt", sample_texts(640, seed=5, words=(3, 10)))
-    flags = ["--chunk-size", "64", "--quiet", "--log-format", "json", "--log-level", "debug"]
+    flags = ["--chunk-size", "64", "--quiet", "--log-format", "json", "--log-level", "debug", *ONNX]
     whole = tmp_path / f"whole.{suffix}"
     subprocess.run(
         [EMBEDLOOM, "embed", str(source), "-o", str(whole), *flags],
@@ -304,6 +308,7 @@ def _peak_mb(tmp_path: Path, rows: int) -> float:
             "--quiet",
             "--max-batch-size",
             "128",
+            *ONNX,
         ],
         capture_output=True,
         text=True,

@@ -95,6 +95,11 @@ async def run(args: argparse.Namespace, tiny_dir: Path) -> dict[str, Any]:
     }
     for registry in registries.values():
         await registry.start()
+    variants = {
+        f"{name} ({where})": f"{engine.model_info.backend}/{engine.model_info.dtype}"
+        for where, registry in registries.items()
+        for name, engine in registry.engines()
+    }
     loop = asyncio.get_running_loop()
 
     def phase(
@@ -147,6 +152,7 @@ async def run(args: argparse.Namespace, tiny_dir: Path) -> dict[str, Any]:
             await registry.close()
     return {
         "raw": raw,
+        "variants": variants,
         "slots_together": {
             "peak_held": slots.peak_held,
             "budget": slots.budget,
@@ -186,7 +192,12 @@ def report(results: dict[str, Any]) -> str:
         f"Measured {results['when']} on {results['machine']}; backend {results['backend']}, "
         f"thread budget {results['threads'] or 'all cores'}; {results['duration_s']:.0f} s per "
         f"phase, median of {results['rounds']} rounds, phases interleaved. Command: "
-        f"`{results['command']}`.",
+        f"`{results['command']}`."
+        + (
+            " Variants: " + ", ".join(f"{k} {v}" for k, v in results["variants"].items()) + "."
+            if results.get("variants")
+            else ""
+        ),
         "",
         "**Own load** (8 callers × 8 sentences on one model; in *together* the other model is "
         "loaded and idle):",

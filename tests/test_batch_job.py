@@ -64,6 +64,12 @@ def read_output(path: Path) -> tuple[np.ndarray, list[int], list[str] | None]:
     return vectors, table.column("row").to_pylist(), ids
 
 
+@pytest.fixture(scope="module")
+def expected(reference_encode: Callable[[list[str]], Any]) -> Any:
+    """sentence-transformers' vectors for ``TEXTS``, computed once for the module."""
+    return reference_encode(TEXTS)
+
+
 def job(tmp_path: Path, source: Path, output: str, **options: Any) -> Any:
     return run_job(
         JobOptions(
@@ -74,7 +80,7 @@ def job(tmp_path: Path, source: Path, output: str, **options: Any) -> Any:
 
 @pytest.mark.parametrize("kind", ["txt", "jsonl", "csv", "parquet"])
 def test_each_input_format_gives_the_embedders_vectors_in_order(
-    tmp_path: Path, kind: str, reference_encode: Callable[[list[str]], Any]
+    tmp_path: Path, kind: str, expected: Any
 ) -> None:
     source = write_input(tmp_path, kind, TEXTS)
     id_field = "id" if kind == "jsonl" else None
@@ -82,16 +88,14 @@ def test_each_input_format_gives_the_embedders_vectors_in_order(
     vectors, rows, ids = read_output(tmp_path / "out.parquet")
     assert summary.rows == len(TEXTS)
     assert rows == list(range(len(TEXTS)))
-    np.testing.assert_allclose(vectors, reference_encode(TEXTS), atol=2e-5)
+    np.testing.assert_allclose(vectors, expected, atol=2e-5)
     if kind == "jsonl":
         assert ids == [f"doc-{i}" for i in range(len(TEXTS))]
     assert not (tmp_path / "out.parquet.partial").exists()
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_npy_output_in_order_and_dtype(
-    tmp_path: Path, dtype: str, reference_encode: Callable[[list[str]], Any]
-) -> None:
+def test_npy_output_in_order_and_dtype(tmp_path: Path, dtype: str, expected: Any) -> None:
     source = write_input(tmp_path, "txt", TEXTS)
     job(tmp_path, source, "out.npy", output_dtype=dtype)
     matrix = np.load(tmp_path / "out.npy")
@@ -99,7 +103,7 @@ def test_npy_output_in_order_and_dtype(
     assert matrix.shape == (len(TEXTS), 384)
     np.testing.assert_allclose(
         matrix.astype(np.float32),
-        reference_encode(TEXTS),
+        expected,
         atol=2e-5 if dtype == "float32" else 2e-3,
     )
 

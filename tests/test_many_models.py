@@ -10,6 +10,7 @@ directory. Assertions read counts and states from ``statistics()``, never times.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -240,6 +241,37 @@ async def test_one_loaded_model_at_a_time_serves_alternating_requests_and_loads_
         stats = {m.name: m for m in registry.statistics().models}
         assert stats["mini"].loads + stats["tiny"].loads == len(built)
         assert stats["mini"].unloads >= 1
+
+
+async def test_a_waiter_that_gives_up_does_not_cancel_the_load_for_the_others(
+    second_model_dir: Path,
+) -> None:
+    gate = threading.Event()
+
+    def factory(settings: Settings, name: str, slots: ComputeSlots) -> Any:
+        from embedloom.engine import Engine
+
+        if name == "tiny":
+            gate.wait(60)  # held until the first waiter has given up
+        return Engine.from_settings(settings, slots=slots, name=name)
+
+    settings = _settings(second_model_dir, max_loaded_models=1)
+    async with Registry(settings, engine_factory=factory) as registry:
+
+        async def width() -> int:
+            async with registry.use("tiny") as engine:
+                return len((await engine.embed(["x"])).vectors[0])
+
+        first = asyncio.ensure_future(width())
+        second = asyncio.ensure_future(width())
+        await asyncio.sleep(0)
+        assert _state(registry, "tiny") is LoadState.LOADING
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        gate.set()
+        assert await second == 64
+        assert _state(registry, "tiny") is LoadState.LOADED
 
 
 def test_names_aliases_and_the_catch_all(second_model_dir: Path) -> None:

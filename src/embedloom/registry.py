@@ -267,15 +267,20 @@ class Registry:
     # -- loading and unloading ---------------------------------------------------------
 
     async def _load(self, served: _Served) -> None:
-        """Load ``served`` (making room first), as the one transition under way."""
+        """Load ``served`` (making room first) as the one transition under way, and
+        wait for it. The load is a task of its own: a waiter that gives up (its
+        deadline, its client gone) does not cancel it for the others."""
+        if served.transition is None and served.state is LoadState.UNLOADED:
+            served.state = LoadState.LOADING
+            task = asyncio.get_running_loop().create_task(self._load_now(served))
+            # Retrieved here, so a load nobody waits for any more is not logged as
+            # an exception never retrieved; each waiter re-raises it itself.
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            served.transition = task
         if served.transition is not None:
             await asyncio.shield(served.transition)
-            return
-        if served.state is LoadState.LOADED:
-            return
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        served.transition = done
-        served.state = LoadState.LOADING
+
+    async def _load_now(self, served: _Served) -> None:
         try:
             await self._make_room(served)
             if served.engine is None:
@@ -290,12 +295,9 @@ class Registry:
             served.state = LoadState.LOADED
             served.loads += 1
             served.last_used = _now()
-            done.set_result(None)
-        except BaseException as exc:
+        except BaseException:
             served.engine = None
             served.state = LoadState.UNLOADED
-            done.set_exception(exc)
-            done.exception()  # retrieved: the waiters re-raise it themselves
             raise
         finally:
             served.transition = None

@@ -128,3 +128,15 @@ def test_several_models_are_each_planned_and_their_memory_checked(tmp_path: Path
     assert "docs × 2" in warning
     preloaded = diagnose(settings.replace(preload=True), {}, machine(cores=2))
     assert {m.copies for m in preloaded.models} == {1}
+
+
+def test_a_model_whose_own_plan_cannot_work_is_an_error_naming_it() -> None:
+    settings = Settings(
+        model=("all-MiniLM-L6-v2", "docs=all-MiniLM-L6-v2"),
+        model_settings=(("docs", (("sharing", "replicas"), ("replicas", 3))),),
+    )
+    report = diagnose(settings, {}, machine(cores=2))
+    assert report.failed
+    (error,) = levels(report)["error"]
+    assert error.startswith("model docs: 3 replicas need at least 3 compute threads")
+    assert report.plan is not None  # the default model's plan stands

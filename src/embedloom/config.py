@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import os
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin
 
@@ -239,9 +239,8 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
-        given: object = self.model
         # Settings(model="x"): one model; flags and variables give lists.
-        object.__setattr__(self, "model", (given,) if isinstance(given, str) else tuple(self.model))
+        object.__setattr__(self, "model", _model_texts(self.model))
         self._check_models()
         for name in (
             "max_batch_tokens",
@@ -394,12 +393,12 @@ class Settings:
         if "model" in given:
             # Models named elsewhere replace the file's. A bare name of one of the
             # file's models means that model, as the file defines it.
-            in_file = dict(
-                ModelSpec.parse(text).describe_pair() for text in values.pop("model", ())
-            )
+            in_file = {
+                spec.name: spec.ref for spec in map(ModelSpec.parse, values.pop("model", ()))
+            }
             given["model"] = tuple(
                 f"{text}={in_file[text]}" if "=" not in text and text in in_file else text
-                for text in cls._as_tuple(given["model"])
+                for text in _model_texts(given["model"])
             )
             served = {ModelSpec.parse(text).name for text in given["model"]}
             values["model_settings"] = tuple(
@@ -407,12 +406,12 @@ class Settings:
             )
         return cls(**(values | given))
 
-    @staticmethod
-    def _as_tuple(value: str | tuple[str, ...]) -> tuple[str, ...]:
-        return (value,) if isinstance(value, str) else tuple(value)
-
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+def _model_texts(value: str | Sequence[str]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 def _is_true(raw: str) -> bool:

@@ -113,46 +113,43 @@ class Report:
 def diagnose(settings: Settings, environ: Mapping[str, str], machine: MachineProbe) -> Report:
     environment = {name: environ.get(name) for name in (*THREAD_VARIABLES, *OTHER_VARIABLES)}
     findings: list[Finding] = []
-    plan: SharingPlan | None
+    models: tuple[ModelPlan, ...] = ()
     try:
         per_worker = worker_budget(settings, cores=machine.cores.usable)
-        plan = plan_sharing(
-            settings.replace(threads=per_worker),
-            cores=machine.cores.usable,
-            gpus=len(machine.gpus),
-        )
     except SettingsError as exc:
-        plan = None
         findings.append(Finding("error", str(exc), "change the flags named above"))
-    models = _model_plans(settings, machine) if plan is not None else ()
+    else:
+        models = _model_plans(settings, machine, per_worker, findings)
     for model in models:
-        if model.plan is None:
-            continue
-        findings += _budget_findings(model.plan, machine, workers=settings.workers)
+        if model.plan is not None:
+            findings += _budget_findings(model.plan, machine, workers=settings.workers)
+    plan = models[0].plan if models else None
     if plan is not None:
         findings += _environment_findings(plan, environment)
         findings += _memory_findings(models, machine)
     findings += _fork_findings(machine)
     for spec in settings.models:
         findings += _variant_findings(settings.for_model(spec.name), machine)
-    plan = models[0].plan if models else plan
     # Models with the same settings find the same things: once each.
     return Report(machine, settings, environment, plan, list(dict.fromkeys(findings)), models)
 
 
-def _model_plans(settings: Settings, machine: MachineProbe) -> tuple[ModelPlan, ...]:
-    """Each model planned as if alone within the per-worker budget: the compute slots
-    keep them within it together (``sharing.slots``)."""
-    per_worker = worker_budget(settings, cores=machine.cores.usable)
+def _model_plans(
+    settings: Settings, machine: MachineProbe, per_worker: int, findings: list[Finding]
+) -> tuple[ModelPlan, ...]:
+    """Each model planned as if alone within the per-worker budget (the compute slots
+    keep them within it together, ``sharing.slots``); a model whose plan cannot
+    work is an error finding."""
+    several = len(settings.models) > 1
     plans = []
     for spec in settings.models:
         own = settings.for_model(spec.name).replace(threads=per_worker)
+        plan: SharingPlan | None = None
         try:
-            plan: SharingPlan | None = plan_sharing(
-                own, cores=machine.cores.usable, gpus=len(machine.gpus)
-            )
-        except SettingsError:
-            plan = None
+            plan = plan_sharing(own, cores=machine.cores.usable, gpus=len(machine.gpus))
+        except SettingsError as exc:
+            where = f"model {spec.name}: " if several else ""
+            findings.append(Finding("error", f"{where}{exc}", "change the flags named above"))
         replicas = plan.replicas if plan is not None else 1
         copies = 1 if settings.preload else replicas * settings.workers
         plans.append(ModelPlan(spec.name, spec.ref, plan, _weights_bytes(own), copies))

@@ -51,12 +51,6 @@ class ModelSpec:
             raise SettingsError(f"model: expected NAME=REF or REF, got {text!r}")
         return cls(name, ref)
 
-    def describe_pair(self) -> tuple[str, str]:
-        return self.name, self.ref
-
-    def describe(self) -> str:
-        return self.ref if self.name == default_name(self.ref) else f"{self.name}={self.ref}"
-
 
 def default_name(ref: str) -> str:
     """A bare reference's served name: a directory's name, a hub id without its revision."""

@@ -246,7 +246,10 @@ class Registry:
         finally:
             served.leases -= 1
             served.last_used = _now()
-            await self._notify()
+            if served.leases == 0 and self._settings.max_loaded_models:
+                # Only a load making room waits for a model to be let go; every
+                # other request ends without touching the condition.
+                await self._notify()
 
     async def _lease(self, served: _Served) -> Engine:
         try:

@@ -4,6 +4,7 @@ model costs seconds, and every test that needs them reads, never mutates."""
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import re
@@ -74,6 +75,24 @@ def reference_encode(reference_model: object) -> object:
 def second_model_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A second, different embedding model no package ships (``build_tiny_bert``)."""
     return build_tiny_bert(model_dir, tmp_path_factory.mktemp("models") / "tiny-bert")
+
+
+PROMPTS = {"query": "query: ", "document": "passage: "}
+
+
+@pytest.fixture(scope="session")
+def prompted_model_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """all-MiniLM-L6-v2 with named prompts (``PROMPTS``) in its sentence-transformers
+    configuration, as e5 or bge models carry them; its files are links to the real one's."""
+    target = tmp_path_factory.mktemp("models") / "prompted-minilm"
+    target.mkdir()
+    for item in model_dir.iterdir():
+        if item.name != "config_sentence_transformers.json":
+            (target / item.name).symlink_to(item)
+    config = json.loads((model_dir / "config_sentence_transformers.json").read_text())
+    config["prompts"] = PROMPTS
+    (target / "config_sentence_transformers.json").write_text(json.dumps(config))
+    return target
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from typing import Any, ParamSpec, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from embedloom.backends.base import TokenizedInput
+from embedloom.backends.base import PLAIN, ModelInput, TokenizedInput, TokenizeOptions, TokenPiece
 from embedloom.config import Settings
 from embedloom.engine import Engine
 from embedloom.sharing import SharingPlan
@@ -68,20 +68,33 @@ class FakeBackend:
     def compute_threads(self) -> int:
         return 1
 
-    def tokenize(self, texts: Sequence[str]) -> list[TokenizedInput]:
+    vocab_size = 0x110000  # one token per code point
+
+    def tokenize(
+        self, inputs: Sequence[ModelInput], options: TokenizeOptions = PLAIN
+    ) -> list[TokenizedInput]:
         if self.on_tokenize is not None:
-            self.on_tokenize(texts)
+            self.on_tokenize(inputs)
         out = []
-        for text in texts:
+        for item in inputs:
+            text = options.prompt + item if isinstance(item, str) else decode_ids(item)
             ids = tuple(ord(c) for c in text)
+            kept = ids[-self.max_input_tokens :] if options.left else ids[: self.max_input_tokens]
             out.append(
                 TokenizedInput(
-                    input_ids=ids[: self.max_input_tokens],
+                    input_ids=kept,
                     token_type_ids=None,
                     truncated=len(ids) > self.max_input_tokens,
                 )
             )
         return out
+
+    def pieces(self, text: str, *, prompt: str = "", special: bool = True) -> list[TokenPiece]:
+        whole = prompt + text
+        return [TokenPiece(ord(c), c, False, i, i + 1) for i, c in enumerate(whole)]
+
+    def decode(self, ids: Sequence[int], *, skip_special: bool = True) -> str:
+        return decode_ids(ids)
 
     def embed(self, batch: Sequence[TokenizedInput]) -> npt.NDArray[np.float32]:
         texts = [decode(item) for item in batch]
@@ -123,7 +136,11 @@ class FakeBackend:
 
 
 def decode(item: TokenizedInput) -> str:
-    return "".join(chr(i) for i in item.input_ids)
+    return decode_ids(item.input_ids)
+
+
+def decode_ids(ids: Sequence[int]) -> str:
+    return "".join(chr(i) for i in ids)
 
 
 def signature(text: str) -> list[float]:

@@ -181,9 +181,25 @@ ERROR_CASES = [
     ("/v1/embeddings", b'{"input": ""}', 422, "input: must not be an empty string"),
     ("/v1/embeddings", b'{"input": ["a", ""]}', 422, "item 1 is an empty string"),
     ("/embed", b'{"inputs": []}', 422, "inputs: must not be an empty list"),
-    ("/v1/embeddings", b'{"input": [1, 2, 3]}', 422, "not a string"),
-    ("/v1/embeddings", b'{"input": 5}', 422, "must be a string or a list of strings"),
-    ("/v1/embeddings", b'{"input": null}', 422, "must be a string or a list of strings"),
+    ("/v1/embeddings", b'{"input": ["a", 7]}', 422, "all strings or all token-id lists"),
+    ("/v1/embeddings", b'{"input": [[101], "a"]}', 422, "all strings or all token-id lists"),
+    ("/v1/embeddings", b'{"input": [[101], []]}', 422, "item 1 is an empty list of token ids"),
+    ("/v1/embeddings", b'{"input": [101, 99999]}', 422, "token 1 is 99999, outside"),
+    ("/embed", b'{"inputs": [[5, -1]]}', 422, "outside the model's vocabulary"),
+    ("/v1/embeddings", b'{"input": 5}', 422, "must be a string, a list of strings"),
+    ("/v1/embeddings", b'{"input": null}', 422, "must be a string, a list of strings"),
+    ("/embed", b'{"inputs": "x", "prompt_name": "query"}', 422, "not one of the model's prompts"),
+    ("/v1/embeddings", b'{"input": "x", "prompt_name": "q"}', 422, "not one of the model's"),
+    ("/embed", b'{"inputs": "x", "truncation_direction": "up"}', 422, "truncation_direction"),
+    ("/embed", b'{"inputs": "x", "embedding_type": "int4"}', 422, "embedding_type"),
+    ("/v1/embeddings", b'{"input": "x", "embedding_type": "int4"}', 422, "embedding_type"),
+    ("/tokenize", b'{"inputs": []}', 422, "inputs"),
+    ("/tokenize", b'{"inputs": "x", "prompt_name": "q"}', 422, "not one of the model's"),
+    ("/decode", b'{"ids": [1, "a"]}', 422, "token ids"),
+    ("/decode", b'{"ids": [99999]}', 422, "outside the model's vocabulary"),
+    ("/similarity", b'{"inputs": {"source_sentence": "a"}}', 422, "sentences"),
+    ("/", b'{"inputs": ""}', 422, "must not be an empty string"),
+    ("/rerank", b'{"query": "a", "texts": ["b"]}', 400, "an embedding model"),
     ("/v1/embeddings", b'{"inputs": "wrong key"}', 422, "input: Field required"),
     ("/v1/embeddings", b'{"input": "x", "encoding_format": "hex"}', 422, "encoding_format"),
     ("/v1/embeddings", b'{"input": "x", "dimensions": -3}', 422, "dimensions"),
@@ -208,26 +224,27 @@ def test_bad_requests_get_a_clear_error(
 
 
 def test_too_many_inputs_is_413(client: httpx.Client) -> None:
-    reply = client.post("/v1/embeddings", json={"input": ["x"] * 257})
+    reply = client.post("/v1/embeddings", json={"input": ["x"] * 2049})
     assert reply.status_code == 413
-    assert "257 inputs" in openai_error(reply)["message"]
-    reply = client.post("/embed", json={"inputs": ["x"] * 257})
+    assert "2049 inputs" in openai_error(reply)["message"]
+    reply = client.post("/embed", json={"inputs": ["x"] * 2049})
     assert reply.status_code == 413
     assert tei_error(reply)["error_type"] == "validation"
 
 
-def test_input_longer_than_the_model_is_413_unless_truncated(client: httpx.Client) -> None:
+def test_input_longer_than_the_model_is_cut_unless_truncation_is_refused(
+    client: httpx.Client,
+) -> None:
+    # Cut by default, as sentence-transformers does (--no-auto-truncate refuses).
     reply = client.post("/v1/embeddings", json={"input": ["fine", long_text(400)]})
+    assert reply.status_code == 200
+    reply = client.post("/embed", json={"inputs": ["fine", long_text(400)], "truncate": False})
     assert reply.status_code == 413
-    error = openai_error(reply)
-    assert "input 1 is longer than the model's maximum of 256 tokens" in error["message"]
-    assert error["param"] == "input"
-    reply = client.post("/embed", json={"inputs": long_text(400), "truncate": False})
-    assert reply.status_code == 413
+    assert "input 1 is longer than the model's maximum of 256 tokens" in tei_error(reply)["error"]
 
 
 def test_unknown_routes_and_methods_answer_in_json(client: httpx.Client) -> None:
-    missing = client.get("/v2/nothing")
+    missing = client.get("/v3/nothing")
     assert missing.status_code == 404
     assert tei_error(missing)["error"] == "Not Found"
     wrong_method = client.get("/v1/embeddings")

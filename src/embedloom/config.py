@@ -106,8 +106,11 @@ class Settings:
         default=32, metadata={"help": "most inputs in one model batch"}
     )
     max_client_batch_size: int = dataclasses.field(
-        default=256,
-        metadata={"help": "most inputs one HTTP request may carry (at most max_queued_inputs)"},
+        default=2048,
+        metadata={
+            "help": "most inputs one HTTP request may carry (OpenAI's limit; at most "
+            "max_queued_inputs)"
+        },
     )
     max_queued_inputs: int = dataclasses.field(
         default=2048,
@@ -166,10 +169,26 @@ class Settings:
         },
     )
     auto_truncate: bool = dataclasses.field(
-        default=False,
+        default=True,
         metadata={
-            "help": "truncate over-long inputs on the OpenAI route instead of refusing them "
-            "(the TEI route has a per-request 'truncate' field)"
+            "help": "cut over-long inputs to the model's maximum (from the right, keeping "
+            "any prompt) when a request does not say; --no-auto-truncate refuses them "
+            "with 413 instead (TEI's 'truncate' and Cohere's 'truncate' ask per request)"
+        },
+    )
+    default_prompt_name: str = dataclasses.field(
+        default="",
+        metadata={
+            "help": "the prompt (by name, from the model's config_sentence_transformers.json) "
+            "put before inputs of a request that names none (default: the model's own "
+            "default_prompt_name)"
+        },
+    )
+    default_prompt: str = dataclasses.field(
+        default="",
+        metadata={
+            "help": "a prompt text put before inputs of a request that names none "
+            "(instead of --default-prompt-name)"
         },
     )
     log_level: LogLevel = dataclasses.field(default="info", metadata={"help": "log verbosity"})

@@ -7,6 +7,7 @@ to a status code in exactly one table (``embedloom.server.errors``).
      ├── InvalidInput          the caller asked for something malformed
      │    ├── InputTooLong     an input has more tokens than the model takes, truncation off
      │    └── TooManyInputs    more inputs in one call than the configured limit
+     ├── NotThisTask           a route asks a model for a task it cannot do (rerank of an embedder)
      ├── ModelNotFound         a model reference that resolves to nothing (lists where it looked)
      ├── Overloaded            admission refused: the engine is full; carries ``retry_after``
      ├── Unavailable           the engine is not serving: not started, draining, closed
@@ -30,6 +31,7 @@ __all__ = [
     "ModelFetchFailed",
     "ModelLoading",
     "ModelNotFound",
+    "NotThisTask",
     "Overloaded",
     "TooManyInputs",
     "Unavailable",
@@ -106,6 +108,10 @@ class Overloaded(EmbedloomError):
     def __init__(self, message: str, *, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class NotThisTask(EmbedloomError):
+    """A route asked a model for a task it cannot do (``/rerank`` of an embedding model)."""
 
 
 class Unavailable(EmbedloomError):

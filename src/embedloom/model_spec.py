@@ -23,6 +23,8 @@ PER_MODEL_SETTINGS = (
     "replicas",
     "inference_timeout",
     "keep_alive",
+    "default_prompt_name",
+    "default_prompt",
 )
 
 

@@ -34,7 +34,7 @@ T = TypeVar("T")
 
 # Short blocking jobs (tokenising a request, loading files). Small on purpose:
 # these threads compete with the model's compute threads for the same cores.
-_OFFLOAD_THREADS = 4
+OFFLOAD_THREADS = 4
 _executor: ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
 
@@ -44,7 +44,7 @@ def _shared_executor() -> ThreadPoolExecutor:
     with _executor_lock:
         if _executor is None:
             _executor = ThreadPoolExecutor(
-                max_workers=_OFFLOAD_THREADS, thread_name_prefix="embedloom-offload"
+                max_workers=OFFLOAD_THREADS, thread_name_prefix="embedloom-offload"
             )
         return _executor
 

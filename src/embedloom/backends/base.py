@@ -9,7 +9,44 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Backend", "BackendFactory", "TokenizedInput"]
+__all__ = [
+    "PLAIN",
+    "Backend",
+    "BackendFactory",
+    "ModelInput",
+    "TokenPiece",
+    "TokenizeOptions",
+    "TokenizedInput",
+]
+
+ModelInput = str | Sequence[int]
+"""What a client may send to embed: a text, or the model's own token ids."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenizeOptions:
+    """How texts become tokens: ``prompt`` goes before each text and is never cut;
+    ``left`` cuts an over-long input's beginning (after the prompt) instead of its end;
+    ``max_tokens`` cuts below the model's own maximum (Cohere's ``max_tokens``)."""
+
+    prompt: str = ""
+    left: bool = False
+    max_tokens: int | None = None
+
+
+PLAIN = TokenizeOptions()
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPiece:
+    """One token as TEI's ``/tokenize`` shows it: where it lies in the text (None for
+    a special token, whose ``text`` is the token itself)."""
+
+    id: int
+    text: str
+    special: bool
+    start: int | None
+    stop: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +101,24 @@ class Backend(Protocol):
         runtime reports it (not as configured)."""
         ...
 
-    def tokenize(self, texts: Sequence[str]) -> list[TokenizedInput]:
-        """Tokenise texts, truncating each to ``max_input_tokens``."""
+    @property
+    def vocab_size(self) -> int:
+        """Token ids run from 0 to this, exclusive."""
+        ...
+
+    def tokenize(
+        self, inputs: Sequence[ModelInput], options: TokenizeOptions = PLAIN
+    ) -> list[TokenizedInput]:
+        """Texts (with ``options``' prompt) or token ids as the model takes them, each
+        cut to ``max_input_tokens`` (``TextEncoder.tokenize``)."""
+        ...
+
+    def pieces(self, text: str, *, prompt: str = "", special: bool = True) -> list[TokenPiece]:
+        """The tokens of ``prompt + text``, uncut, with their places in it."""
+        ...
+
+    def decode(self, ids: Sequence[int], *, skip_special: bool = True) -> str:
+        """The text of token ids."""
         ...
 
     def embed(self, batch: Sequence[TokenizedInput]) -> npt.NDArray[np.float32]:

@@ -38,10 +38,15 @@ class EngineState(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Embeddings:
-    """The answer to one ``embed`` call: one row per input, in input order."""
+    """The answer to one ``embed`` call: one row per input, in input order, and where
+    its time went (TEI's timing headers): tokenising, waiting for its first batch,
+    and from then until its last row arrived."""
 
     vectors: npt.NDArray[np.float32]
     prompt_tokens: int
+    tokenize_seconds: float = 0.0
+    queue_seconds: float = 0.0
+    inference_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,3 +62,4 @@ class ModelInfo:
     # (None for the fp32 reference itself, or an engine given a backend directly).
     choice_reason: str | None = None
     gate: GateFigures | None = None
+    pooling: str | None = None  # TEI's name for it: mean, cls, …

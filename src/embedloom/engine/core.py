@@ -12,24 +12,25 @@ Data path of one ``embed`` call, all bookkeeping on the event loop's thread:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Sequence
-from typing import Self
+from typing import Literal, Self
 
 import numpy as np
 import numpy.typing as npt
 
 from embedloom import tracing
-from embedloom.backends.base import Backend, BackendFactory
+from embedloom.backends.base import Backend, BackendFactory, ModelInput, TokenizeOptions, TokenPiece
 from embedloom.batching import BatchPolicy
-from embedloom.config import Settings
+from embedloom.config import Settings, SettingsError
 from embedloom.engine.admission import Admission
 from embedloom.engine.api import Embeddings, EngineState, ModelInfo, Offload
 from embedloom.engine.scheduler import Scheduler
 from embedloom.engine.statistics import EngineStatistics
-from embedloom.engine.work import Request, validated_dimensions, validated_texts
+from embedloom.engine.work import Request, validated_dimensions, validated_inputs
 from embedloom.errors import (
     BackendError,
     InputTooLong,
@@ -38,6 +39,7 @@ from embedloom.errors import (
 )
 from embedloom.memory import keep_native_memory_flat
 from embedloom.offload import run_in_thread
+from embedloom.prompts import ModelPrompts, pooling_mode
 from embedloom.scope import PRIORITIES, Priority, current_scope
 from embedloom.setup import ModelSetup
 from embedloom.sharing import (
@@ -53,6 +55,8 @@ __all__ = ["Engine"]
 # The name is the package's: log readers filter on "embedloom.engine".
 logger = logging.getLogger("embedloom.engine")
 
+
+TruncationDirection = Literal["right", "left"]
 
 # Without a plan: one inference thread, the backend's own thread settings.
 _DEDICATED = SharingPlan("dedicated", 1, 1, 0, 0, "the default")
@@ -77,8 +81,12 @@ class Engine:
         choice: Choice | None = None,
         slots: ComputeSlots | None = None,
         name: str | None = None,
+        prompts: ModelPrompts | None = None,
+        pooling: str | None = None,
     ) -> None:
         """``choice``: how the backend was chosen, for ``model_info``.
+        ``prompts``: the model's named prompts (``prompts.py``); ``pooling``: how
+        it pools, for ``model_info``.
         ``slots``: the process's compute slots, shared with the other models it
         serves (default: slots of this engine's own, its plan's thread budget).
         ``name``: the name the model is served under (default: ``model_id``).
@@ -88,6 +96,8 @@ class Engine:
         on start, keep the process's native memory flat (``memory.py``)."""
         self._tune_memory = tune_memory
         self._choice = choice
+        self._prompts = prompts or ModelPrompts()
+        self._pooling = pooling
         self._settings = settings or Settings()
         self._offload = offload
         self._sharing = sharing or _DEDICATED
@@ -146,6 +156,12 @@ class Engine:
         from embedloom.variants.catalog import open_variant
 
         setup = ModelSetup.for_settings(settings)
+        try:
+            prompts = ModelPrompts.read(setup.model.path).with_default(
+                settings.default_prompt_name, settings.default_prompt
+            )
+        except InvalidInput as exc:
+            raise SettingsError(f"model {name or setup.model.id}: {exc.message}") from None
         factory = open_variant(
             setup.choice.variant,
             setup.model.path,
@@ -165,6 +181,8 @@ class Engine:
             batch_per_request=batch_per_request,
             tune_memory=True,
             slots=slots,
+            prompts=prompts,
+            pooling=pooling_mode(setup.model.path),
         )
 
     @staticmethod
@@ -186,6 +204,11 @@ class Engine:
 
     def _time(self) -> float:
         return self._loop.time() if self._loop is not None else time.monotonic()
+
+    @property
+    def prompts(self) -> ModelPrompts:
+        """The model's named prompts and the default one."""
+        return self._prompts
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -235,6 +258,7 @@ class Engine:
             normalizes=backend.normalizes,
             choice_reason=self._choice.reason if self._choice else None,
             gate=self._choice.gate if self._choice else None,
+            pooling=self._pooling,
         )
 
     async def start(self) -> None:
@@ -308,7 +332,7 @@ class Engine:
 
     async def embed(
         self,
-        texts: Sequence[str],
+        inputs: Sequence[ModelInput],
         *,
         normalize: bool | None = None,
         truncate: bool = False,
@@ -317,11 +341,21 @@ class Engine:
         # wrapping the call in asyncio.timeout would not do.
         timeout: float | None = None,  # noqa: ASYNC109
         priority: Priority | None = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        truncation_direction: TruncationDirection = "right",
+        max_tokens: int | None = None,
     ) -> Embeddings:
-        """Embed ``texts``; vectors in input order.
+        """Embed ``inputs`` (texts, or lists of the model's token ids); vectors in
+        input order.
 
         ``normalize``: L2-normalise (None: as the model's configuration does).
-        ``truncate``: cut over-long inputs instead of raising ``InputTooLong``.
+        ``truncate``: cut over-long inputs instead of raising ``InputTooLong``;
+        ``truncation_direction``: cut their end (right) or their beginning (left);
+        ``max_tokens``: cut (or refuse) at fewer tokens than the model's maximum.
+        ``prompt_name``: one of the model's prompts (``self.prompts``) before each
+        text, or ``prompt``, a text of the caller's (neither: the model's default
+        prompt, if any); its tokens count toward the maximum length and are never cut.
         ``dimensions``: keep the first N dimensions (Matryoshka-style), normalised
         afterwards if normalising.
         ``timeout``: seconds from now after which the request fails with
@@ -334,8 +368,13 @@ class Engine:
         if self._scheduler.recovering_reason is not None:
             raise Unavailable(f"the model is restarting ({self.unhealthy_reason}); retry shortly")
         backend = self._require_backend()
-        texts = validated_texts(texts)
+        inputs = validated_inputs(inputs)
         width = validated_dimensions(dimensions, backend.dimensions)
+        options = self._tokenize_options(inputs, prompt_name, prompt, truncation_direction)
+        if max_tokens is not None:
+            if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+                raise InvalidInput("max_tokens must be a positive integer", param="max_tokens")
+            options = dataclasses.replace(options, max_tokens=max_tokens)
         scope = current_scope()
         if priority is None:
             priority = scope.priority if scope else "normal"
@@ -347,22 +386,72 @@ class Engine:
                 raise InvalidInput("timeout must be positive", param="timeout")
             assert self._loop is not None
             deadline = self._loop.time() + timeout
-        request = self._admit(len(texts), backend, width, normalize, deadline, priority)
+        request = self._admit(len(inputs), backend, width, normalize, deadline, priority)
         try:
+            assert self._loop is not None
+            started = self._loop.time()
             try:
-                with tracing.span("embedloom.tokenize", inputs=len(texts)):
-                    tokenized = await self._offload(backend.tokenize, texts)
+                with tracing.span("embedloom.tokenize", inputs=len(inputs)):
+                    tokenized = await self._offload(backend.tokenize, inputs, options)
             except (TypeError, ValueError, UnicodeError) as exc:
                 raise InvalidInput(f"input could not be tokenized: {exc}", param="input") from exc
+            tokenize_seconds = self._loop.time() - started
             for index, item in enumerate(tokenized):
                 if item.truncated and not truncate:
-                    raise InputTooLong(index=index, max_tokens=backend.max_input_tokens)
+                    limit = min(max_tokens or backend.max_input_tokens, backend.max_input_tokens)
+                    raise InputTooLong(index=index, max_tokens=limit)
             if not request.future.done():  # it may have expired while tokenising
                 self._scheduler.enqueue(request, tokenized)
-            return await request.future
+            result = await request.future
+            return dataclasses.replace(result, tokenize_seconds=tokenize_seconds)
         except BaseException as exc:
             self._scheduler.abandon(request, exc)
             raise
+
+    def _tokenize_options(
+        self,
+        inputs: Sequence[ModelInput],
+        prompt_name: str | None,
+        prompt: str | None,
+        direction: str,
+    ) -> TokenizeOptions:
+        if direction not in ("right", "left"):
+            raise InvalidInput(
+                f"truncation_direction must be right or left, not {direction!r}",
+                param="truncation_direction",
+            )
+        texts = isinstance(inputs[0], str)
+        if not texts and prompt_name is None and prompt is None:
+            # Token ids are the model's input as given: no default prompt either.
+            return TokenizeOptions(left=direction == "left")
+        return TokenizeOptions(
+            prompt=self._prompts.text_for(prompt_name, prompt), left=direction == "left"
+        )
+
+    async def tokens(
+        self,
+        texts: Sequence[str],
+        *,
+        prompt_name: str | None = None,
+        special: bool = True,
+    ) -> list[list[TokenPiece]]:
+        """Each text's tokens as the model sees them, uncut, with their places in the
+        text (TEI's ``/tokenize``); the prompt as ``embed`` would use it."""
+        backend = self._require_backend()
+        checked = [text for text in validated_inputs(texts) if isinstance(text, str)]
+        if len(checked) != len(texts):
+            raise InvalidInput("inputs must be strings", param="inputs")
+        prompt = self._prompts.text_for(prompt_name)
+        return await self._offload(
+            lambda: [backend.pieces(text, prompt=prompt, special=special) for text in checked]
+        )
+
+    async def decode(self, ids: Sequence[Sequence[int]], *, skip_special: bool = True) -> list[str]:
+        """The text of each list of token ids (TEI's ``/decode``)."""
+        backend = self._require_backend()
+        return await self._offload(
+            lambda: [backend.decode(row, skip_special=skip_special) for row in ids]
+        )
 
     def admission_limit(self, priority: Priority = "normal") -> int:
         """How many inputs may be admitted in all when a request of ``priority`` arrives
@@ -372,7 +461,7 @@ class Engine:
 
     async def embed_stream(
         self,
-        texts: Sequence[str],
+        texts: Sequence[ModelInput],
         *,
         normalize: bool | None = None,
         truncate: bool = False,
@@ -380,6 +469,8 @@ class Engine:
         priority: Priority | None = None,
         chunk_size: int | None = None,
         in_flight: int = 3,
+        prompt_name: str | None = None,
+        truncation_direction: TruncationDirection = "right",
     ) -> AsyncGenerator[tuple[int, npt.NDArray[np.float32]], None]:
         """Embed a long list, yielding ``(index, vector)`` in input order as they are done.
 
@@ -389,9 +480,9 @@ class Engine:
         requests interleave with it. Each chunk is admitted like a request: under
         overload the stream fails with ``Overloaded``. Leaving the iteration (or
         cancelling) drops the chunks not yet run, counted in ``inputs_dropped``.
-        Deadlines come from the request scope.
+        Deadlines come from the request scope; the other options are ``embed``'s.
         """
-        texts = validated_texts(texts)
+        texts = validated_inputs(texts)
         if in_flight < 1:
             raise ValueError("in_flight must be at least 1")
         chunk = chunk_size or self._settings.max_batch_size
@@ -407,6 +498,8 @@ class Engine:
                         truncate=truncate,
                         dimensions=dimensions,
                         priority=priority,
+                        prompt_name=prompt_name,
+                        truncation_direction=truncation_direction,
                     )
                     pending.append((next_start, asyncio.ensure_future(work)))
                     next_start += len(part)

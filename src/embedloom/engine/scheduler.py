@@ -34,7 +34,7 @@ from embedloom.backends.base import Backend, TokenizedInput
 from embedloom.batching import BatchPolicy, plan_batch
 from embedloom.engine.admission import Admission
 from embedloom.engine.api import Embeddings
-from embedloom.engine.work import Job, QueuedInput, Request
+from embedloom.engine.work import Job, QueuedInput, Request, finished_vectors
 from embedloom.errors import BackendError, DeadlineExceeded, EmbedloomError, Unavailable
 from embedloom.sharing import InferenceWorker, ThreadFault
 from embedloom.stats import Histogram
@@ -159,6 +159,7 @@ class Scheduler:
             request.tokens += tokens.n_tokens
         self._counts["input_tokens"] += request.tokens
         request.enqueued = True
+        request.enqueued_at = now
         if request.span is not None:
             request.queued_ns = tracing.now_ns()
         self.dispatch()
@@ -184,6 +185,8 @@ class Scheduler:
             now = self._now()
             for item in items:
                 self._queue_seconds.observe(now - item.enqueued_at)
+                if not item.request.started_at:
+                    item.request.started_at = now
             if tracing.enabled():
                 self._trace_queue_wait(items)
             self._submit(items)
@@ -282,10 +285,14 @@ class Scheduler:
                 tracing.record_span(
                     "embedloom.inference", request.span, request.first_batch_ns, tracing.now_ns()
                 )
+            now = self._now()
+            started = request.started_at or now
             request.future.set_result(
                 Embeddings(
-                    _finish(request.raw, request.dimensions, request.normalize),
+                    finished_vectors(request.raw, request.dimensions, request.normalize),
                     request.tokens,
+                    queue_seconds=max(0.0, started - request.enqueued_at),
+                    inference_seconds=max(0.0, now - started),
                 )
             )
             self._counts["requests_completed"] += 1
@@ -400,14 +407,3 @@ class Scheduler:
         if not self._recovering:
             self.serving.set()
             self.dispatch()
-
-
-def _finish(
-    raw: npt.NDArray[np.float32], dimensions: int, normalize: bool
-) -> npt.NDArray[np.float32]:
-    vectors = raw[:, :dimensions]
-    if normalize:
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        # Same floor as torch.nn.functional.normalize, so zero vectors stay zero.
-        vectors = vectors / np.maximum(norms, 1e-12)
-    return np.ascontiguousarray(vectors, dtype=np.float32)

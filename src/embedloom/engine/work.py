@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from embedloom.backends.base import TokenizedInput
+from embedloom.backends.base import ModelInput, TokenizedInput
 from embedloom.engine.admission import Permit
 from embedloom.engine.api import Embeddings
 from embedloom.errors import InvalidInput
@@ -23,7 +23,15 @@ from embedloom.scope import PRIORITIES, Priority
 if TYPE_CHECKING:
     from opentelemetry.trace import SpanContext
 
-__all__ = ["Job", "QueuedInput", "Request", "Vectors", "validated_dimensions", "validated_texts"]
+__all__ = [
+    "Job",
+    "QueuedInput",
+    "Request",
+    "Vectors",
+    "finished_vectors",
+    "validated_dimensions",
+    "validated_inputs",
+]
 
 # The engine's log, whichever of its modules writes.
 logger = logging.getLogger("embedloom.engine")
@@ -41,6 +49,7 @@ class Request:
         "deadline",
         "dimensions",
         "enqueued",
+        "enqueued_at",
         "first_batch_ns",
         "future",
         "normalize",
@@ -50,6 +59,7 @@ class Request:
         "raw",
         "request_id",
         "span",
+        "started_at",
         "timer",
         "tokens",
         "unfinished",
@@ -74,6 +84,8 @@ class Request:
         self.queued_ns = 0
         self.first_batch_ns = 0
         self.admitted_at = 0.0
+        self.enqueued_at = 0.0  # loop times: queued, and its first batch started
+        self.started_at = 0.0
         self.deadline = deadline
         self.priority_class = PRIORITIES.index(priority)
         self.timer: asyncio.TimerHandle | None = None
@@ -171,18 +183,27 @@ class Job:
             logger.warning("batch %d finished after its event loop closed", self.batch_id)
 
 
-def validated_texts(texts: Sequence[str]) -> list[str]:
-    """``texts`` as a list, or ``InvalidInput`` naming what is wrong."""
-    if isinstance(texts, str) or not isinstance(texts, Sequence):
+def validated_inputs(inputs: Sequence[ModelInput]) -> list[ModelInput]:
+    """``inputs`` as a list — all texts, or all token-id lists — or ``InvalidInput``
+    naming what is wrong (ids are checked against the vocabulary when tokenised)."""
+    if isinstance(inputs, str) or not isinstance(inputs, Sequence):
         raise InvalidInput("input must be a list of strings", param="input")
-    if not texts:
+    if not inputs:
         raise InvalidInput("input must not be empty", param="input")
-    for index, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise InvalidInput(f"input {index} is not a string", param="input")
-        if not text:
-            raise InvalidInput(f"input {index} is an empty string", param="input")
-    return list(texts)
+    texts = isinstance(inputs[0], str)
+    for index, item in enumerate(inputs):
+        if isinstance(item, str) != texts:
+            raise InvalidInput(
+                f"input {index} is {'not a string' if texts else 'a string'}: a request's "
+                "inputs are all strings or all token-id lists",
+                param="input",
+            )
+        if not texts and (isinstance(item, bytes) or not isinstance(item, Sequence)):
+            raise InvalidInput(f"input {index} is not a list of token ids", param="input")
+        if not item:
+            kind = "an empty string" if texts else "an empty list of token ids"
+            raise InvalidInput(f"input {index} is {kind}", param="input")
+    return list(inputs)
 
 
 def validated_dimensions(dimensions: int | None, model_dimensions: int) -> int:
@@ -196,3 +217,16 @@ def validated_dimensions(dimensions: int | None, model_dimensions: int) -> int:
             param="dimensions",
         )
     return dimensions
+
+
+def finished_vectors(
+    raw: npt.NDArray[np.float32], dimensions: int, normalize: bool
+) -> npt.NDArray[np.float32]:
+    """The model's pooled rows as a request asked for them: its first ``dimensions``,
+    L2-normalised if ``normalize``."""
+    vectors = raw[:, :dimensions]
+    if normalize:
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        # Same floor as torch.nn.functional.normalize, so zero vectors stay zero.
+        vectors = vectors / np.maximum(norms, 1e-12)
+    return np.ascontiguousarray(vectors, dtype=np.float32)

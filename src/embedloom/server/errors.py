@@ -6,6 +6,7 @@ key, a body too large or too slow, a route that does not exist), and the last
 line of defence's 500. Each route family answers in its clients' dialect,
 declared once in ``ROUTE_DIALECTS``: OpenAI's
 ``{"error": {"message", "type", "param", "code"}}`` under ``/v1/``, TEI's
+``{"id", "message"}`` under ``/v2/`` (Cohere), TEI's
 ``{"error": "...", "error_type": "..."}`` everywhere else.
 """
 
@@ -28,10 +29,12 @@ from embedloom.errors import (
     ModelFetchFailed,
     ModelLoading,
     ModelNotFound,
+    NotThisTask,
     Overloaded,
     TooManyInputs,
     Unavailable,
 )
+from embedloom.scope import current_scope
 
 __all__ = [
     "ERROR_STATUS",
@@ -49,10 +52,15 @@ __all__ = [
     "response_for",
 ]
 
-Dialect = Literal["openai", "tei"]
+Dialect = Literal["openai", "cohere", "tei"]
 
 # Path prefix → the dialect its errors are written in; the first match wins.
-ROUTE_DIALECTS: tuple[tuple[str, Dialect], ...] = (("/v1/", "openai"), ("/", "tei"))
+ROUTE_DIALECTS: tuple[tuple[str, Dialect], ...] = (
+    ("/v1/", "openai"),
+    ("/embeddings", "openai"),  # TEI's path for the OpenAI route
+    ("/v2/", "cohere"),
+    ("/", "tei"),
+)
 
 
 class HttpRefusal(EmbedloomError):
@@ -102,6 +110,9 @@ ERROR_STATUS: Mapping[type[EmbedloomError], ErrorKind] = {
     TooManyInputs: ErrorKind(413, "invalid_request_error", "validation"),
     InvalidInput: ErrorKind(422, "invalid_request_error", "validation"),
     ModelNotFound: ErrorKind(404, "not_found_error", "not_found"),
+    # TEI answers 424, its status for a failed inference too; 400 says the request
+    # is what is wrong (docs/compatibility.md).
+    NotThisTask: ErrorKind(400, "invalid_request_error", "validation"),
     ModelFetchFailed: ErrorKind(503, "service_unavailable", "unhealthy"),
     Overloaded: ErrorKind(429, "rate_limit_error", "overloaded"),
     Unavailable: ErrorKind(503, "service_unavailable", "unhealthy"),
@@ -152,7 +163,11 @@ def response_for(error: EmbedloomError, path: str) -> Response:
     if isinstance(error, Overloaded | ModelLoading):
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     body: object
-    if dialect_for(path) == "openai":
+    dialect = dialect_for(path)
+    if dialect == "cohere":
+        scope = current_scope()
+        body = {"id": scope.request_id if scope else None, "message": error.message}
+    elif dialect == "openai":
         param = getattr(error, "param", None)
         body = {
             "error": {

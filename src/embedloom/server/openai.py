@@ -1,40 +1,56 @@
-"""``POST /v1/embeddings`` — the OpenAI embeddings API."""
+"""``POST /v1/embeddings`` — the OpenAI embeddings API (TEI also answers it at
+``/embeddings``)."""
 
 from __future__ import annotations
 
-import base64
+import logging
 
-import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from embedloom.quantize import EmbeddingType
 from embedloom.server.schemas import EmbeddingRequest, EmbeddingResponse, parse_body
-from embedloom.server.state import embed_for_request, json_body, server_state
+from embedloom.server.state import (
+    EmbedCall,
+    embed_for_request,
+    json_answer,
+    json_body,
+    server_state,
+)
 
 __all__ = ["router"]
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter()
 
 
-@router.post(
-    "/v1/embeddings",
-    response_model=None,
-    summary="Create embeddings (OpenAI-compatible)",
-    responses={200: {"model": EmbeddingResponse}},
-    openapi_extra=json_body(EmbeddingRequest),
-)
 async def create_embeddings(request: Request) -> Response:
     body = parse_body(await request.body(), EmbeddingRequest)
+    if body.user is not None:
+        # OpenAI's end-user id, for abuse monitoring: kept in the request's log line.
+        logger.info("embeddings for user %s", body.user, extra={"user": body.user})
     # An unknown name is refused (404 listing the served ones) before any work.
     served = server_state(request).registry.served_name(body.model)
-    # OpenAI's API has no truncation switch: the server's --auto-truncate decides.
-    result = await embed_for_request(request, body.input, dimensions=body.dimensions, model=served)
+    encoding: EmbeddingType = body.embedding_type
     if body.encoding_format == "base64":
-        encoded: list[object] = [
-            base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in result.vectors
-        ]
-    else:
-        encoded = list(result.vectors)
+        # base64 of the floats, as OpenAI sends; with embedding_type, of its bytes.
+        encoding = "base64" if encoding == "float" else encoding
+    # OpenAI's API has no truncation switch: the server's --auto-truncate decides.
+    answer = await embed_for_request(
+        request,
+        EmbedCall(
+            body.input,
+            model=served,
+            dimensions=body.dimensions,
+            prompt_name=body.prompt_name,
+            truncation_direction=body.truncation_direction,
+            encodings=(encoding,),
+        ),
+    )
+    (encoded,) = answer.encoded.values()
+    if body.encoding_format == "base64" and encoding != "base64":
+        encoded = [_base64(row) for row in encoded]
     payload = {
         "object": "list",
         "data": [
@@ -42,8 +58,33 @@ async def create_embeddings(request: Request) -> Response:
             for index, vector in enumerate(encoded)
         ],
         "model": body.model or served,
-        "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+        "usage": {
+            "prompt_tokens": answer.result.prompt_tokens,
+            "total_tokens": answer.result.prompt_tokens,
+        },
     }
-    return Response(
-        orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json"
+    return json_answer(payload, answer.result)
+
+
+def _base64(row: object) -> str:
+    import base64
+
+    import numpy as np
+
+    return base64.b64encode(np.asarray(row).tobytes()).decode("ascii")
+
+
+for _path, _summary in (
+    ("/v1/embeddings", "Create embeddings (OpenAI-compatible)"),
+    ("/embeddings", "Create embeddings (OpenAI-compatible; TEI's path for it)"),
+):
+    router.add_api_route(
+        _path,
+        create_embeddings,
+        methods=["POST"],
+        response_model=None,
+        summary=_summary,
+        responses={200: {"model": EmbeddingResponse}},
+        openapi_extra=json_body(EmbeddingRequest),
+        operation_id=f"create_embeddings{_path.replace('/', '_')}",
     )

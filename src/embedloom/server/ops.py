@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from embedloom._version import __version__
 from embedloom.errors import Unavailable
+from embedloom.offload import OFFLOAD_THREADS
 from embedloom.registry import ModelStatus, Registry
 from embedloom.server.state import server_state
 
@@ -46,9 +47,20 @@ async def info(request: Request) -> dict[str, Any]:
     registry = state.registry
     models = [_model(registry, status) for status in registry.statistics().models]
     settings = state.settings
+    default = models[0]
     return {
-        **{k: v for k, v in models[0].items() if k not in ("name", "state", "names")},
-        "model_names": list(models[0]["names"]),
+        **{k: v for k, v in default.items() if k not in ("name", "state", "names")},
+        # TEI's required fields, for the default model (docs/compatibility.md says
+        # how each maps onto embedloom's settings).
+        "served_model_name": default["name"],
+        "model_type": {"embedding": {"pooling": default["pooling"] or "mean"}},
+        "model_sha": None,
+        "max_concurrent_requests": default["max_queued_inputs"],
+        "max_batch_requests": default["max_batch_size"],
+        "tokenization_workers": OFFLOAD_THREADS,
+        "sha": None,
+        "docker_label": None,
+        "model_names": list(default["names"]),
         "max_client_batch_size": settings.max_client_batch_size,
         "auto_truncate": settings.auto_truncate,
         "thread_budget": registry.slots.budget,
@@ -92,6 +104,9 @@ def _model(registry: Registry, status: ModelStatus) -> dict[str, Any]:
         "dimensions": None,
         "max_input_length": None,
         "normalizes": None,
+        "pooling": None,
+        "prompts": None,
+        "default_prompt_name": None,
         "max_batch_tokens": settings.max_batch_tokens,
         "max_batch_size": settings.max_batch_size,
         "max_queued_inputs": settings.max_queued_inputs,
@@ -119,6 +134,9 @@ def _model(registry: Registry, status: ModelStatus) -> dict[str, Any]:
         "dimensions": model.dimensions,
         "max_input_length": model.max_input_tokens,
         "normalizes": model.normalizes,
+        "pooling": model.pooling,
+        "prompts": dict(engine.prompts.prompts),
+        "default_prompt_name": engine.prompts.default_name,
         "sharing": worker.strategy,
         "replicas": worker.replicas,
         "inference_threads": worker.inference_threads,

@@ -5,25 +5,32 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
 
+import orjson
 from pydantic import BaseModel
 from starlette.requests import Request
+from starlette.responses import Response
 
 from embedloom.config import Settings
 from embedloom.engine import Embeddings
 from embedloom.errors import TooManyInputs
+from embedloom.quantize import Calibrations, EmbeddingType, encode_vectors
 from embedloom.registry import Registry
-from embedloom.scope import current_scope
+from embedloom.scope import Priority, current_scope
 from embedloom.server.metrics import ServerMetrics
 
 __all__ = [
     "ClientDisconnected",
+    "EmbedAnswer",
+    "EmbedCall",
     "ServerState",
     "embed_for_request",
+    "json_answer",
     "json_body",
     "server_state",
+    "timing_headers",
     "unless_disconnected",
 ]
 
@@ -35,6 +42,7 @@ class ServerState:
     registry: Registry
     settings: Settings
     metrics: ServerMetrics
+    calibrations: Calibrations = field(default_factory=Calibrations)
 
 
 def server_state(request: Request) -> ServerState:
@@ -42,38 +50,107 @@ def server_state(request: Request) -> ServerState:
     return state
 
 
-async def embed_for_request(
-    request: Request,
-    texts: str | list[str],
-    *,
-    normalize: bool | None = None,
-    truncate: bool | None = None,
-    dimensions: int | None = None,
-    model: str | None = None,
-) -> Embeddings:
-    """What both embedding routes do once the body is parsed: enforce the per-request
-    limit, apply the server's truncation default, and run model ``model``'s engine
-    (None: the default model's) for as long as the client is still there."""
+@dataclass(frozen=True, slots=True)
+class EmbedCall:
+    """What an embedding route asks for, once its body is parsed (in its dialect's
+    words, mapped to these)."""
+
+    inputs: list[str] | list[list[int]]
+    model: str | None = None
+    normalize: bool | None = None
+    truncate: bool | None = None  # None: the server's --auto-truncate
+    dimensions: int | None = None
+    prompt_name: str | None = None
+    # Else the first of these the model has a prompt by (Cohere's input_type).
+    prompt_candidates: tuple[str, ...] = ()
+    truncation_direction: Literal["right", "left"] = "right"
+    max_tokens: int | None = None
+    priority: Priority | None = None
+    encodings: tuple[EmbeddingType, ...] = ("float",)
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedAnswer:
+    result: Embeddings
+    # One entry per asked encoding: each input's vector in it.
+    encoded: dict[EmbeddingType, list[object]]
+    # The prompt asked for by name or found among the candidates (None: neither),
+    # and the model's prompt names.
+    prompt_name: str | None = None
+    model_prompts: str = ""
+
+
+async def embed_for_request(request: Request, call: EmbedCall) -> EmbedAnswer:
+    """What every embedding route does once the body is parsed: enforce the
+    per-request limit, apply the server's truncation default, run model
+    ``call.model``'s engine (None: the default model's) for as long as the client
+    is still there, and encode the vectors as asked."""
     state = server_state(request)
-    batch = [texts] if isinstance(texts, str) else texts
     limit = state.settings.max_client_batch_size
-    if len(batch) > limit:
-        raise TooManyInputs(count=len(batch), limit=limit)
+    if len(call.inputs) > limit:
+        raise TooManyInputs(count=len(call.inputs), limit=limit)
     scope = current_scope()
     # The server's default deadline, unless the client sent its own.
     default_timeout = state.settings.request_timeout or None
 
-    async def embed() -> Embeddings:
-        async with state.registry.use(model) as engine:
-            return await engine.embed(
-                batch,
-                normalize=normalize,
-                truncate=state.settings.auto_truncate if truncate is None else truncate,
-                dimensions=dimensions,
-                timeout=default_timeout if scope is None or scope.deadline is None else None,
+    async def embed() -> EmbedAnswer:
+        async with state.registry.use(call.model) as engine:
+            prompts = engine.prompts.prompts
+            prompt_name = call.prompt_name or next(
+                (name for name in call.prompt_candidates if name in prompts), None
             )
+            result = await engine.embed(
+                call.inputs,
+                normalize=call.normalize,
+                truncate=state.settings.auto_truncate if call.truncate is None else call.truncate,
+                dimensions=call.dimensions,
+                timeout=default_timeout if scope is None or scope.deadline is None else None,
+                prompt_name=prompt_name,
+                truncation_direction=call.truncation_direction,
+                max_tokens=call.max_tokens,
+                priority=call.priority,
+            )
+            ranges = None
+            if {"int8", "uint8"} & set(call.encodings):
+                calibration = await state.calibrations.of(engine)
+                normalize = (
+                    engine.model_info.normalizes if call.normalize is None else call.normalize
+                )
+                ranges = calibration.ranges(result.vectors.shape[1], normalize)
+            listed = engine.prompts.listed()
+        encoded = {kind: encode_vectors(result.vectors, kind, ranges) for kind in call.encodings}
+        return EmbedAnswer(result, encoded, prompt_name, listed)
 
     return await unless_disconnected(request, embed())
+
+
+def timing_headers(result: Embeddings) -> dict[str, str]:
+    """TEI's timing headers, in whole milliseconds as TEI sends them."""
+    tokenize, queue, inference = (
+        result.tokenize_seconds,
+        result.queue_seconds,
+        result.inference_seconds,
+    )
+    return {
+        "x-compute-time": _ms(tokenize + queue + inference),
+        "x-compute-tokens": str(result.prompt_tokens),
+        "x-tokenization-time": _ms(tokenize),
+        "x-queue-time": _ms(queue),
+        "x-inference-time": _ms(inference),
+    }
+
+
+def json_answer(payload: object, result: Embeddings | None = None) -> Response:
+    """A JSON response (numpy arrays as lists), with the timing headers of ``result``."""
+    return Response(
+        orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
+        media_type="application/json",
+        headers=timing_headers(result) if result is not None else None,
+    )
+
+
+def _ms(seconds: float) -> str:
+    return str(round(seconds * 1000))
 
 
 def json_body(model: type[BaseModel]) -> dict[str, Any]:

@@ -16,21 +16,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
+from embedloom.backends.base import ModelInput
 from embedloom.errors import EmbedloomError, TooManyInputs
-from embedloom.registry import Registry
+from embedloom.quantize import encode_vectors
 from embedloom.scope import current_scope
 from embedloom.server.errors import kind_of
 from embedloom.server.schemas import EmbedRequest, parse_body
-from embedloom.server.state import json_body, server_state, unless_disconnected
+from embedloom.server.state import ServerState, json_body, server_state, unless_disconnected
 
 __all__ = ["router"]
 
@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter()
 
-_Item = tuple[int, npt.NDArray[np.float32]]
+_Item = tuple[int, object]
 
 
 @router.post(
@@ -51,16 +51,18 @@ _Item = tuple[int, npt.NDArray[np.float32]]
 async def embed_stream(request: Request) -> Response:
     state = server_state(request)
     body = parse_body(await request.body(), EmbedRequest)
-    texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
-    if len(texts) > state.settings.max_stream_inputs:
-        raise TooManyInputs(count=len(texts), limit=state.settings.max_stream_inputs)
+    inputs = body.inputs
+    if len(inputs) > state.settings.max_stream_inputs:
+        raise TooManyInputs(count=len(inputs), limit=state.settings.max_stream_inputs)
     items = _leased_stream(
-        state.registry,
-        body.model,
-        texts,
+        state,
+        body,
+        inputs,
         normalize=body.normalize,
         truncate=state.settings.auto_truncate if body.truncate is None else body.truncate,
         dimensions=body.dimensions,
+        prompt_name=body.prompt_name,
+        truncation_direction=body.truncation_direction,
     )
     # The first results decide the status: errors found by then (an input too
     # long in the first chunk, overload) get their ordinary status and body.
@@ -76,15 +78,26 @@ async def embed_stream(request: Request) -> Response:
 
 
 async def _leased_stream(
-    registry: Registry, model: str | None, texts: list[str], **options: Any
+    state: ServerState, body: EmbedRequest, inputs: Sequence[ModelInput], **options: Any
 ) -> AsyncGenerator[_Item, None]:
-    """The engine's stream, with the model held loaded until the stream is closed."""
+    """The engine's stream, with the model held loaded until the stream is closed,
+    each vector encoded as ``body.embedding_type`` asks."""
+    kind = body.embedding_type
     async with (
-        registry.use(model) as engine,
-        contextlib.aclosing(engine.embed_stream(texts, **options)) as items,
+        state.registry.use(body.model) as engine,
+        contextlib.aclosing(engine.embed_stream(inputs, **options)) as items,
     ):
-        async for item in items:
-            yield item
+        ranges = None
+        if kind in ("int8", "uint8"):
+            calibration = await state.calibrations.of(engine)
+            width = body.dimensions or engine.model_info.dimensions
+            ranges = calibration.ranges(width, body.normalize)
+        async for index, vector in items:
+            if kind == "float":
+                yield index, vector
+            else:
+                (encoded,) = encode_vectors(vector[np.newaxis, :], kind, ranges)
+                yield index, encoded
 
 
 async def _lines(

@@ -21,6 +21,7 @@ import numpy.typing as npt
 from embedloom.backends.base import PLAIN, ModelInput, TokenizedInput, TokenizeOptions, TokenPiece
 from embedloom.config import Settings
 from embedloom.engine import Engine
+from embedloom.prompts import ModelPrompts
 from embedloom.sharing import SharingPlan
 
 P = ParamSpec("P")
@@ -172,6 +173,7 @@ async def running_engine(
     factory: Callable[[], FakeBackend] | None = None,
     clock: FakeClock | None = None,
     sharing: SharingPlan | None = None,
+    prompts: ModelPrompts | None = None,
     **settings: Any,
 ) -> AsyncIterator[Engine]:
     """An engine on ``backend`` (made by ``factory``, default: that one backend),
@@ -185,7 +187,11 @@ async def running_engine(
         # would read as a blocked loop. On a fake clock that check means nothing.
         loop.slow_callback_duration = math.inf
     engine = Engine(
-        factory or (lambda: backend), settings=Settings(**settings), offload=inline, sharing=sharing
+        factory or (lambda: backend),
+        settings=Settings(**settings),
+        offload=inline,
+        sharing=sharing,
+        prompts=prompts,
     )
     if backend.holds_batches:
         backend.release()  # the warm-up batch

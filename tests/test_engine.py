@@ -25,6 +25,7 @@ from embedloom import (
     TooManyInputs,
     Unavailable,
 )
+from embedloom.prompts import ModelPrompts
 from tests.fakes import FakeBackend, FakeClock, inline, running_engine, signature
 
 
@@ -328,6 +329,51 @@ async def test_retry_after_follows_the_measured_drain_rate() -> None:
     # Rates seen: the warm-up's 1 input in 2 s, then 4 inputs in 2 s; smoothed,
     # 0.5 + 0.2 × (2 - 0.5) = 0.8 inputs/s, so 8 admitted inputs drain in 10 s.
     assert refused.value.retry_after == pytest.approx(10.0)
+
+
+async def test_each_request_says_where_its_time_went() -> None:
+    backend = FakeBackend(hold_batches=True)
+    clock = FakeClock()
+    async with running(backend, clock) as engine:
+        first = asyncio.create_task(engine.embed(["first"]))
+        await asyncio.to_thread(backend.wait_entered)
+        second = asyncio.create_task(engine.embed(["second"]))
+        await until_queued(engine, 1)
+        clock.now += 2.0  # the first runs for 2 s while the second waits
+        backend.release()
+        await first
+        clock.now += 0.5
+        backend.release()
+        done = await second
+    assert (done.queue_seconds, done.inference_seconds) == (pytest.approx(2.0), 0.5)
+    assert (await first).inference_seconds == pytest.approx(2.0)
+
+
+async def test_a_prompt_goes_before_each_text_by_name_or_by_default() -> None:
+    backend = FakeBackend()
+    prompts = ModelPrompts({"query": "q: ", "doc": "d: "})
+    async with running_engine(backend, prompts=prompts) as engine:
+        named = await engine.embed(["ab"], prompt_name="query")
+        plain = await engine.embed(["ab"])
+    np.testing.assert_array_equal(named.vectors, expected(["q: ab"]))
+    np.testing.assert_array_equal(plain.vectors, expected(["ab"]))
+    backend = FakeBackend()
+    async with running_engine(backend, prompts=prompts.with_default("doc", None)) as engine:
+        by_default = await engine.embed(["ab"])
+        ids = await engine.embed([[ord("a"), ord("b")]])  # token ids take no default prompt
+        with pytest.raises(InvalidInput, match="doc, query"):
+            await engine.embed(["ab"], prompt_name="summary")
+    np.testing.assert_array_equal(by_default.vectors, expected(["d: ab"]))
+    np.testing.assert_array_equal(ids.vectors, expected(["ab"]))
+
+
+async def test_left_truncation_keeps_the_end_of_an_input() -> None:
+    backend = FakeBackend(max_input_tokens=8)
+    async with running(backend) as engine:
+        left = await engine.embed(["xxxxabcdefgh"], truncate=True, truncation_direction="left")
+        right = await engine.embed(["abcdefghxxxx"], truncate=True)
+    np.testing.assert_array_equal(left.vectors, expected(["abcdefgh"]))
+    np.testing.assert_array_equal(right.vectors, expected(["abcdefgh"]))
 
 
 async def test_statistics_and_repr_show_state() -> None:

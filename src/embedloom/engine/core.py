@@ -288,7 +288,7 @@ class Engine:
             )
         self._state = EngineState.RUNNING
         # The first call allocates the model's working memory; pay for it now.
-        await self.embed(["warm up"], truncate=True)
+        await self.embed(["warm up"], truncate=True, prompt="")
         self._scheduler.start_watchdog()
 
     async def wait_until_serving(self) -> None:

@@ -154,11 +154,26 @@ def _ms(seconds: float) -> str:
 
 
 def json_body(model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI for a body the route parses itself (see ``schemas.parse_body``)."""
+    """OpenAPI for a body the route parses itself (see ``schemas.parse_body``), nested
+    models written in place: pydantic's ``#/$defs/…`` references would point into
+    the OpenAPI document's root, where nothing is."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            reference = node.get("$ref", "")
+            if reference.startswith("#/$defs/"):
+                return inline(definitions[reference.removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
     return {
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema()}},
+            "content": {"application/json": {"schema": inline(schema)}},
         }
     }
 

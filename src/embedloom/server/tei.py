@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from embedloom.errors import NotThisTask
+from embedloom.server.errors import NotImplementedHere
 from embedloom.server.schemas import (
     DecodeRequest,
     EmbedRequest,
@@ -157,6 +158,19 @@ async def other_task(request: Request) -> Response:
     raise NotThisTask(
         f"{request.url.path} needs {_OTHER_TASKS[request.url.path]}; model {served} is an "
         "embedding model (POST /embed)"
+    )
+
+
+@router.post(
+    "/embed_all",
+    response_model=None,
+    summary="501: per-token vectors are not served (embedloom's exported graphs pool inside "
+    "the model)",
+)
+async def embed_all(request: Request) -> Response:
+    raise NotImplementedHere(
+        "/embed_all (per-token vectors) is not served: embedloom's ONNX and OpenVINO graphs "
+        "pool inside the model; POST /embed gives the pooled vectors"
     )
 
 

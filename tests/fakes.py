@@ -70,6 +70,7 @@ class FakeBackend:
         return 1
 
     vocab_size = 0x110000  # one token per code point
+    tasks = ("embed", "tokens")
 
     def tokenize(
         self, inputs: Sequence[ModelInput], options: TokenizeOptions = PLAIN
@@ -117,6 +118,14 @@ class FakeBackend:
         finally:
             with self._lock:
                 self.running -= 1
+
+    def embed_tokens(self, batch: Sequence[TokenizedInput]) -> list[npt.NDArray[np.float32]]:
+        """One row per token: its signature as a one-character text."""
+        self.embed(batch)  # the same holds, failures and bookkeeping
+        return [
+            np.array([signature(chr(token)) for token in item.input_ids], dtype=np.float32)
+            for item in batch
+        ]
 
     @property
     def holds_batches(self) -> bool:

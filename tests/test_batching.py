@@ -18,6 +18,7 @@ class Item:
     enqueued_at: float = 0.0
     deadline: float | None = None
     priority_class: int = 1  # normal
+    task: str = "embed"
 
 
 def queue_of(*lengths: int) -> list[Item]:
@@ -236,3 +237,14 @@ def test_the_most_urgent_input_is_always_in_the_batch(
     plan = plan_batch(queue, POLICY, now=now)
     assert plan is not None
     assert most_urgent in plan.positions
+
+
+def test_a_batch_holds_the_most_urgent_inputs_task_only() -> None:
+    queue = [Item(5, task="tokens"), Item(5), Item(5, task="tokens"), Item(5)]
+    plan = plan_batch(queue, POLICY)
+    assert plan is not None
+    assert plan.positions == (0, 2)
+    rest = [queue[1], queue[3]]
+    later = plan_batch(rest, POLICY)
+    assert later is not None
+    assert later.positions == (0, 1)

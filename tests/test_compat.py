@@ -291,6 +291,17 @@ def test_token_ids_tokenize_decode_and_similarity_round_trip(
         np.testing.assert_allclose(similarity, vectors[1:] @ vectors[0], atol=2e-5)
 
 
+def test_embed_all_gives_sentence_transformers_token_embeddings(
+    served: ServerProcess, st_models: dict[str, Any]
+) -> None:
+    expected = st_models[MODEL].encode(TEXTS[:3], output_value="token_embeddings")
+    with httpx.Client(base_url=served.url, timeout=60) as client:
+        reply = client.post("/embed_all", json={"inputs": TEXTS[:3]})
+    assert reply.status_code == 200, reply.text
+    for got, want in zip(reply.json(), expected, strict=True):
+        np.testing.assert_allclose(np.asarray(got), want.numpy(), atol=1e-4)
+
+
 def test_every_embedding_answer_carries_tei_timing_headers(served: ServerProcess) -> None:
     with httpx.Client(base_url=served.url, timeout=60) as client:
         for path, body in (
@@ -300,6 +311,7 @@ def test_every_embedding_answer_carries_tei_timing_headers(served: ServerProcess
             ("/v1/embeddings", {"input": "a"}),
             ("/embeddings", {"input": "a"}),
             ("/v2/embed", {"texts": ["a"]}),
+            ("/embed_all", {"inputs": "a"}),
         ):
             reply = client.post(path, json=body)
             assert reply.status_code == 200, (path, reply.text)

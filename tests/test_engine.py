@@ -367,6 +367,23 @@ async def test_a_prompt_goes_before_each_text_by_name_or_by_default() -> None:
     np.testing.assert_array_equal(ids.vectors, expected(["ab"]))
 
 
+async def test_token_vectors_come_back_per_input_in_batches_of_their_own() -> None:
+    backend = FakeBackend(hold_batches=True)
+    async with running(backend) as engine:
+        pooled = asyncio.create_task(engine.embed(["held"]))
+        await asyncio.to_thread(backend.wait_entered)
+        tokens = asyncio.create_task(engine.embed_tokens(["ab", "xyz"]))
+        more = asyncio.create_task(engine.embed(["cd"]))
+        await until_queued(engine, 3)
+        backend.release(3)
+        result, _, _ = await asyncio.gather(tokens, pooled, more)
+    assert result.token_vectors is not None
+    assert [rows.shape for rows in result.token_vectors] == [(2, 4), (3, 4)]
+    np.testing.assert_array_equal(result.token_vectors[1], expected(["x", "y", "z"]))
+    # Held, then the tokens batch (the oldest queued), then the pooled one.
+    assert backend.batches == [["held"], ["ab", "xyz"], ["cd"]]
+
+
 async def test_left_truncation_keeps_the_end_of_an_input() -> None:
     backend = FakeBackend(max_input_tokens=8)
     async with running(backend) as engine:

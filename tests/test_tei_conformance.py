@@ -30,6 +30,12 @@ TEI_REQUESTS: dict[str, dict[str, str]] = {
         "truncate": "boolean",
         "truncation_direction": "direction",
     },
+    "/embed_all": {
+        "inputs": "input",
+        "prompt_name": "string",
+        "truncate": "boolean",
+        "truncation_direction": "direction",
+    },
     "/tokenize": {"inputs": "input", "add_special_tokens": "boolean", "prompt_name": "string"},
     "/decode": {"ids": "ids", "skip_special_tokens": "boolean"},
     "/similarity": {"inputs": "similarity_input", "parameters": "similarity_parameters"},
@@ -43,7 +49,7 @@ TEI_REQUESTS: dict[str, dict[str, str]] = {
 # Routes TEI serves with /embed's body and answer.
 TEI_EMBED_ALIASES = ("/", "/invocations")
 # TEI's routes for other model tasks, and what embedloom answers for them here.
-TEI_REFUSED = {"/embed_all": 501, "/embed_sparse": 400, "/predict": 400, "/rerank": 400}
+TEI_REFUSED = {"/embed_sparse": 400, "/predict": 400, "/rerank": 400}
 TEI_INFO_REQUIRED = {
     "model_id": str,
     "model_dtype": str,
@@ -66,6 +72,7 @@ VALID_BODIES: dict[str, dict[str, Any]] = {
         "truncate": True,
         "truncation_direction": "right",
     },
+    "/embed_all": {"inputs": ["a b"], "truncate": True, "truncation_direction": "left"},
     "/tokenize": {"inputs": ["a b"], "add_special_tokens": False},
     "/decode": {"ids": [[101, 102]], "skip_special_tokens": False},
     "/similarity": {
@@ -121,6 +128,9 @@ def test_each_route_answers_a_tei_body_in_tei_shape(client: httpx.Client, path: 
     if path == "/embed":
         assert len(answer) == 2
         assert all(isinstance(v, float) for v in answer[0])
+    elif path == "/embed_all":
+        assert len(answer[0]) == 4  # [CLS] a b [SEP]
+        assert all(len(token) == 384 for token in answer[0])
     elif path == "/tokenize":
         for token in answer[0]:
             for field, kind in SIMPLE_TOKEN.items():

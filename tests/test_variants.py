@@ -157,6 +157,10 @@ def test_the_server_reports_the_variant_and_its_gate_figures(
         texts = ["How do I reset my password?", "The striker scored twice."]
         embedded = httpx.post(f"{server.url}/embed", json={"inputs": texts}, timeout=30)
         vectors = np.array(embedded.json())
+        # The export pools inside its graph: no per-token vectors, said so.
+        per_token = httpx.post(f"{server.url}/embed_all", json={"inputs": texts}, timeout=30)
+    assert per_token.status_code == 400
+    assert "need the torch backend" in per_token.json()["error"]
     assert (info["backend"], info["model_dtype"]) == ("onnx", "float32")
     choice = info["backend_choice"]
     assert choice["variant"] == "onnx/fp32"

@@ -5,6 +5,8 @@ of them to run next. The rules, in order:
 
 0. **Deadlines.** An input whose deadline has passed is never planned into a
    batch: its position is reported in ``expired`` for the engine to fail.
+   **Tasks.** A batch holds one task (pooled vectors, or per-token ones): the
+   most urgent input's; the others wait for a batch of their own.
 1. **Fairness and priority.** Inputs are ranked by priority class (high,
    normal, low), then age; the most urgent input is always in the batch, and
    later arrivals can be grouped around it but never starve it. Ageing: every
@@ -60,6 +62,11 @@ class HasTokens(Protocol):
     @property
     def priority_class(self) -> int:
         """0 high, 1 normal, 2 low."""
+        ...
+
+    @property
+    def task(self) -> str:
+        """What the model is asked for it; a batch holds one task."""
         ...
 
 
@@ -130,6 +137,9 @@ def plan_batch(
     order = _urgency_order(queue, policy, now, set(expired))
     if not order:
         return BatchPlan((), 0, 0, expired)
+    task = queue[order[0]].task
+    if any(queue[i].task != task for i in order):
+        order = [i for i in order if queue[i].task == task]
     if policy.one_request_per_batch:
         return _oldest_request_alone(queue, order, policy, expired)
     window = order[: policy.window]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -14,6 +14,7 @@ __all__ = [
     "Backend",
     "BackendFactory",
     "ModelInput",
+    "Task",
     "TokenPiece",
     "TokenizeOptions",
     "TokenizedInput",
@@ -21,6 +22,10 @@ __all__ = [
 
 ModelInput = str | Sequence[int]
 """What a client may send to embed: a text, or the model's own token ids."""
+
+Task = Literal["embed", "tokens"]
+"""What a batch asks of the model: pooled vectors (``embed``), or each input's
+per-token vectors, unpooled (``tokens``, TEI's ``/embed_all``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +126,18 @@ class Backend(Protocol):
         """The text of token ids."""
         ...
 
+    @property
+    def tasks(self) -> tuple[Task, ...]:
+        """The tasks this backend can run (``embed`` always)."""
+        ...
+
     def embed(self, batch: Sequence[TokenizedInput]) -> npt.NDArray[np.float32]:
         """Pooled, not yet normalised vectors, shape ``(len(batch), dimensions)``."""
+        ...
+
+    def embed_tokens(self, batch: Sequence[TokenizedInput]) -> list[npt.NDArray[np.float32]]:
+        """Each input's token vectors before pooling, shape ``(n_tokens, hidden)``
+        (only if ``tokens`` is among ``tasks``)."""
         ...
 
 

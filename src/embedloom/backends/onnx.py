@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from embedloom.backends.base import TokenizedInput
+from embedloom.backends.base import Task, TokenizedInput
 from embedloom.backends.text import EncoderBackend, TextEncoder
 from embedloom.errors import BackendError
 from embedloom.offload import refuse_on_event_loop
@@ -46,6 +46,8 @@ class OnnxBackend(EncoderBackend):
     """One ONNX Runtime session over an export; ``embed`` runs on the owning thread."""
 
     name = "onnx"
+    # The graph pools inside: its only output is the pooled vector.
+    tasks: tuple[Task, ...] = ("embed",)
 
     def __init__(self, export_dir: Path, *, dtype: str, threads: int = 0) -> None:
         import onnxruntime as ort
@@ -92,6 +94,9 @@ class OnnxBackend(EncoderBackend):
         arrays = self.text.collate(batch)
         (pooled,) = self._session.run(None, {name: arrays[name] for name in self._inputs})
         return np.ascontiguousarray(pooled, dtype=np.float32)
+
+    def embed_tokens(self, batch: Sequence[TokenizedInput]) -> list[npt.NDArray[np.float32]]:
+        raise BackendError("the ONNX export pools inside its graph: no per-token vectors")
 
     def __repr__(self) -> str:
         return (

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from embedloom.backends.base import TokenizedInput
+from embedloom.backends.base import Task, TokenizedInput
 from embedloom.backends.text import EncoderBackend, TextEncoder
 from embedloom.errors import BackendError
 from embedloom.offload import refuse_on_event_loop
@@ -36,6 +36,7 @@ class TorchBackend(EncoderBackend):
     """Holds one loaded model; ``embed`` runs on the owning thread only."""
 
     name = "torch"
+    tasks: tuple[Task, ...] = ("embed", "tokens")
 
     def __init__(
         self,
@@ -105,6 +106,21 @@ class TorchBackend(EncoderBackend):
                 features = module(features)
             pooled = features["sentence_embedding"]
         return np.ascontiguousarray(pooled.float().cpu().numpy(), dtype=np.float32)
+
+    def embed_tokens(self, batch: Sequence[TokenizedInput]) -> list[npt.NDArray[np.float32]]:
+        refuse_on_event_loop("TorchBackend.embed_tokens")
+        if not batch:
+            return []
+        arrays = self.text.collate(batch)
+        features: dict[str, Any] = {
+            name: torch.from_numpy(array).to(self._device) for name, array in arrays.items()
+        }
+        with torch.inference_mode():
+            # The transformer alone: what pooling would read.
+            tokens = self._modules[0](features)["token_embeddings"]
+        values = tokens.float().cpu().numpy()
+        mask = arrays["attention_mask"].astype(bool)
+        return [np.ascontiguousarray(values[row][mask[row]]) for row in range(len(batch))]
 
     def __repr__(self) -> str:
         return (

@@ -47,6 +47,9 @@ class Embeddings:
     tokenize_seconds: float = 0.0
     queue_seconds: float = 0.0
     inference_seconds: float = 0.0
+    # ``Engine.embed_tokens``: each input's token vectors, unpooled (``vectors``
+    # is then empty).
+    token_vectors: list[npt.NDArray[np.float32]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

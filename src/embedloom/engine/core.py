@@ -23,7 +23,14 @@ import numpy as np
 import numpy.typing as npt
 
 from embedloom import tracing
-from embedloom.backends.base import Backend, BackendFactory, ModelInput, TokenizeOptions, TokenPiece
+from embedloom.backends.base import (
+    Backend,
+    BackendFactory,
+    ModelInput,
+    Task,
+    TokenizeOptions,
+    TokenPiece,
+)
 from embedloom.batching import BatchPolicy
 from embedloom.config import Settings, SettingsError
 from embedloom.engine.admission import Admission
@@ -35,6 +42,7 @@ from embedloom.errors import (
     BackendError,
     InputTooLong,
     InvalidInput,
+    NotThisTask,
     Unavailable,
 )
 from embedloom.memory import keep_native_memory_flat
@@ -363,6 +371,66 @@ class Engine:
         scope's deadline, if any). ``priority``: high, normal or low (None: the
         request scope's).
         """
+        return await self._run(
+            "embed",
+            inputs,
+            normalize=normalize,
+            truncate=truncate,
+            dimensions=dimensions,
+            timeout=timeout,
+            priority=priority,
+            prompt_name=prompt_name,
+            prompt=prompt,
+            truncation_direction=truncation_direction,
+            max_tokens=max_tokens,
+        )
+
+    async def embed_tokens(
+        self,
+        inputs: Sequence[ModelInput],
+        *,
+        truncate: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109
+        priority: Priority | None = None,
+        prompt_name: str | None = None,
+        truncation_direction: TruncationDirection = "right",
+    ) -> Embeddings:
+        """Each input's token vectors before pooling (TEI's ``/embed_all``), in
+        ``token_vectors``: one ``(n_tokens, hidden)`` array per input, special and
+        prompt tokens included. Batched, admitted and timed like ``embed``;
+        ``NotThisTask`` when the backend's graph pools inside (ONNX)."""
+        backend = self._require_backend()
+        if "tokens" not in backend.tasks:
+            raise NotThisTask(
+                f"per-token vectors need the torch backend; model {self._name} runs on "
+                f"{backend.name}/{backend.dtype}, whose graph pools inside "
+                "(serve it with --backend torch)"
+            )
+        return await self._run(
+            "tokens",
+            inputs,
+            truncate=truncate,
+            timeout=timeout,
+            priority=priority,
+            prompt_name=prompt_name,
+            truncation_direction=truncation_direction,
+        )
+
+    async def _run(
+        self,
+        task: Task,
+        inputs: Sequence[ModelInput],
+        *,
+        normalize: bool | None = None,
+        truncate: bool = False,
+        dimensions: int | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+        priority: Priority | None = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        truncation_direction: TruncationDirection = "right",
+        max_tokens: int | None = None,
+    ) -> Embeddings:
         if self._state is not EngineState.RUNNING:
             raise Unavailable(f"the engine is {self._state.value}, not accepting requests")
         if self._scheduler.recovering_reason is not None:
@@ -386,7 +454,7 @@ class Engine:
                 raise InvalidInput("timeout must be positive", param="timeout")
             assert self._loop is not None
             deadline = self._loop.time() + timeout
-        request = self._admit(len(inputs), backend, width, normalize, deadline, priority)
+        request = self._admit(len(inputs), backend, width, normalize, deadline, priority, task)
         try:
             assert self._loop is not None
             started = self._loop.time()
@@ -529,6 +597,7 @@ class Engine:
         normalize: bool | None,
         deadline: float | None,
         priority: Priority,
+        task: Task = "embed",
     ) -> Request:
         permit = self._admission.acquire(size, priority)
         assert self._loop is not None
@@ -543,6 +612,7 @@ class Engine:
             deadline,
             priority,
             permit,
+            task,
         )
         request.admitted_at = self._loop.time()
         request.span = tracing.current_span_context()

@@ -37,6 +37,7 @@ from embedloom.engine.api import Embeddings
 from embedloom.engine.work import Job, QueuedInput, Request, finished_vectors
 from embedloom.errors import BackendError, DeadlineExceeded, EmbedloomError, Unavailable
 from embedloom.sharing import InferenceWorker, ThreadFault
+from embedloom.sharing.worker import Outputs
 from embedloom.stats import Histogram
 
 __all__ = ["Scheduler"]
@@ -208,7 +209,7 @@ class Scheduler:
     def _on_job_done(
         self,
         job: Job,
-        vectors: npt.NDArray[np.float32] | None,
+        vectors: Outputs | None,
         error: BaseException | None,
         seconds: float,
     ) -> None:
@@ -275,7 +276,10 @@ class Scheduler:
         request.permit.release()
         if request.future.done():
             return
-        request.raw[item.index] = vector
+        if request.task == "tokens":
+            request.token_rows[item.index] = vector
+        else:
+            request.raw[item.index] = vector
         request.unfinished -= 1
         self._counts["inputs_embedded"] += 1
         if request.unfinished == 0:
@@ -293,6 +297,9 @@ class Scheduler:
                     request.tokens,
                     queue_seconds=max(0.0, started - request.enqueued_at),
                     inference_seconds=max(0.0, now - started),
+                    token_vectors=[row for row in request.token_rows if row is not None]
+                    if request.task == "tokens"
+                    else None,
                 )
             )
             self._counts["requests_completed"] += 1

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from embedloom.backends.base import ModelInput, TokenizedInput
+from embedloom.backends.base import Backend, ModelInput, Task, TokenizedInput
 from embedloom.engine.admission import Permit
 from embedloom.engine.api import Embeddings
 from embedloom.errors import InvalidInput
@@ -60,7 +60,9 @@ class Request:
         "request_id",
         "span",
         "started_at",
+        "task",
         "timer",
+        "token_rows",
         "tokens",
         "unfinished",
     )
@@ -76,8 +78,10 @@ class Request:
         deadline: float | None,
         priority: Priority,
         permit: Permit,
+        task: Task = "embed",
     ) -> None:
         self.future = future
+        self.task: Task = task
         # Tracing only (None when off): the request's span, and when it was queued
         # and when its first batch started, for the queue and inference spans.
         self.span: SpanContext | None = None
@@ -89,7 +93,9 @@ class Request:
         self.deadline = deadline
         self.priority_class = PRIORITIES.index(priority)
         self.timer: asyncio.TimerHandle | None = None
-        self.raw = np.empty((size, model_dimensions), dtype=np.float32)
+        # Pooled rows, or (task "tokens") each input's token vectors.
+        self.raw = np.empty((size if task == "embed" else 0, model_dimensions), dtype=np.float32)
+        self.token_rows: list[Vectors | None] = [None] * size if task == "tokens" else []
         self.dimensions = dimensions
         self.normalize = normalize
         self.request_id = request_id
@@ -127,6 +133,10 @@ class QueuedInput:
     def owner(self) -> object:
         return self.request
 
+    @property
+    def task(self) -> Task:
+        return self.request.task
+
 
 class Job:
     """A batch handed to the worker. ``take_inputs``/``complete`` run on the worker thread;
@@ -137,7 +147,7 @@ class Job:
         batch_id: int,
         items: list[QueuedInput],
         loop: asyncio.AbstractEventLoop,
-        on_done: Callable[[Job, Vectors | None, BaseException | None, float], None],
+        on_done: Callable[[Job, Vectors | list[Vectors] | None, BaseException | None, float], None],
     ) -> None:
         self.batch_id = batch_id
         self.items = items
@@ -149,6 +159,12 @@ class Job:
         self.abandoned = False
         self._loop = loop
         self._on_done = on_done
+
+    def run(self, backend: Backend, inputs: Sequence[TokenizedInput]) -> Vectors | list[Vectors]:
+        """Run the batch's task on ``backend`` (a batch holds one task: ``plan_batch``)."""
+        if self.items[0].task == "tokens":
+            return backend.embed_tokens(inputs)
+        return backend.embed(inputs)
 
     def take_inputs(self) -> Sequence[TokenizedInput]:
         # A waiting batch may hold inputs whose caller left, or whose deadline passed
@@ -172,7 +188,7 @@ class Job:
 
     def complete(
         self,
-        vectors: npt.NDArray[np.float32] | None,
+        vectors: Vectors | list[Vectors] | None,
         error: BaseException | None,
         seconds: float,
     ) -> None:

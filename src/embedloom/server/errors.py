@@ -45,7 +45,6 @@ __all__ = [
     "HttpRefusal",
     "MethodNotAllowed",
     "NoSuchRoute",
-    "NotImplementedHere",
     "Unauthorized",
     "UnsupportedMediaType",
     "kind_of",
@@ -97,10 +96,6 @@ class MethodNotAllowed(HttpRefusal):
     """A route asked with a method it does not take."""
 
 
-class NotImplementedHere(HttpRefusal):
-    """A route of a peer's API that embedloom names but does not serve."""
-
-
 @dataclass(frozen=True, slots=True)
 class ErrorKind:
     status: int
@@ -129,7 +124,6 @@ ERROR_STATUS: Mapping[type[EmbedloomError], ErrorKind] = {
     BodyTimeout: ErrorKind(408, "invalid_request_error", "validation"),
     NoSuchRoute: ErrorKind(404, "invalid_request_error", "http"),
     MethodNotAllowed: ErrorKind(405, "invalid_request_error", "http"),
-    NotImplementedHere: ErrorKind(501, "invalid_request_error", "http"),
     HttpRefusal: ErrorKind(400, "invalid_request_error", "http"),
     EmbedloomError: ErrorKind(500, "server_error", "internal"),
 }

@@ -21,6 +21,7 @@ from embedloom.quantize import EmbeddingType
 
 __all__ = [
     "DecodeRequest",
+    "EmbedAllRequest",
     "EmbedRequest",
     "EmbeddingData",
     "EmbeddingRequest",
@@ -201,7 +202,7 @@ class EmbeddingResponse(BaseModel):
 
 
 class EmbedRequest(BaseModel):
-    """TEI ``POST /embed`` (and ``POST /``, ``/invocations``, ``/embed_all``)."""
+    """TEI ``POST /embed`` (and ``POST /``, ``/invocations``)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -219,6 +220,20 @@ class EmbedRequest(BaseModel):
         "a name from GET /v1/models; the default model if not given",
     )
     embedding_type: EmbeddingType = EMBEDDING_TYPE
+
+
+class EmbedAllRequest(BaseModel):
+    """TEI ``POST /embed_all``: each input's token vectors, unpooled."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: Inputs = Field(description="a string, a list of strings, or the model's token ids")
+    truncate: bool | None = Field(
+        default=None, description="cut over-long inputs (default: the server's --auto-truncate)"
+    )
+    truncation_direction: TruncationDirection = TRUNCATION_DIRECTION
+    prompt_name: str | None = PROMPT_NAME
+    model: str | None = None
 
 
 class TokenizeRequest(BaseModel):

@@ -1,7 +1,7 @@
 """The text-embeddings-inference API: ``POST /embed`` (also at ``/`` and
 ``/invocations``, where TEI routes to its model's task), ``/tokenize``,
-``/decode``, ``/similarity``, ``GET /ping``; the task routes of models embedloom
-does not serve here answer 424 as TEI's do for a model of another task.
+``/decode``, ``/similarity``, ``/embed_all``, ``GET /ping``; the routes of other
+model tasks answer 400 naming the task (TEI: 424).
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from embedloom.errors import NotThisTask
-from embedloom.server.errors import NotImplementedHere
+from embedloom.engine import Embeddings
+from embedloom.errors import NotThisTask, TooManyInputs
 from embedloom.server.schemas import (
     DecodeRequest,
+    EmbedAllRequest,
     EmbedRequest,
     SimilarityRequest,
     SimpleToken,
@@ -164,14 +165,28 @@ async def other_task(request: Request) -> Response:
 @router.post(
     "/embed_all",
     response_model=None,
-    summary="501: per-token vectors are not served (embedloom's exported graphs pool inside "
-    "the model)",
+    summary="Each input's token vectors before pooling, special and prompt tokens included",
+    responses={200: {"model": list[list[list[float]]]}},
+    openapi_extra=json_body(EmbedAllRequest),
 )
 async def embed_all(request: Request) -> Response:
-    raise NotImplementedHere(
-        "/embed_all (per-token vectors) is not served: embedloom's ONNX and OpenVINO graphs "
-        "pool inside the model; POST /embed gives the pooled vectors"
-    )
+    body = parse_body(await request.body(), EmbedAllRequest)
+    state = server_state(request)
+    limit = state.settings.max_client_batch_size
+    if len(body.inputs) > limit:
+        raise TooManyInputs(count=len(body.inputs), limit=limit)
+
+    async def run() -> Embeddings:
+        async with state.registry.use(body.model) as engine:
+            return await engine.embed_tokens(
+                body.inputs,
+                truncate=state.settings.auto_truncate if body.truncate is None else body.truncate,
+                prompt_name=body.prompt_name,
+                truncation_direction=body.truncation_direction,
+            )
+
+    result = await unless_disconnected(request, run())
+    return json_answer(result.token_vectors, result)
 
 
 for _path in _OTHER_TASKS:

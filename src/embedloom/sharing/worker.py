@@ -43,6 +43,9 @@ logger = logging.getLogger("embedloom.sharing")
 
 _RECENT_SPANS = 256
 
+# What a batch gives back: pooled rows, or each input's token vectors.
+Outputs = npt.NDArray[np.float32] | list[npt.NDArray[np.float32]]
+
 
 class BatchJob(Protocol):
     """One batch as the worker sees it; the methods are called on the worker's thread."""
@@ -62,9 +65,13 @@ class BatchJob(Protocol):
         """The inputs still wanted, at the moment the model is about to run them."""
         ...
 
+    def run(self, backend: Backend, inputs: Sequence[TokenizedInput]) -> Outputs:
+        """Run the batch's task on ``backend``: pooled vectors, or per-token ones."""
+        ...
+
     def complete(
         self,
-        vectors: npt.NDArray[np.float32] | None,
+        vectors: Outputs | None,
         error: BaseException | None,
         seconds: float,
     ) -> None:
@@ -368,14 +375,14 @@ class ThreadedWorker:
             self._busy += 1
         started = self._clock()
         inputs: Sequence[TokenizedInput] = ()
-        outcome: tuple[npt.NDArray[np.float32] | None, BaseException | None] | None = None
+        outcome: tuple[Outputs | None, BaseException | None] | None = None
         try:
             inputs = job.take_inputs()
             with batch_scope(job.batch_id, job.request_ids()):
                 try:
                     logger.debug("running batch %d: %d inputs", job.batch_id, len(inputs))
                     with tracing.batch_span(job.batch_id, len(inputs), job.span_links()):
-                        outcome = (backend.embed(inputs) if inputs else None, None)
+                        outcome = (job.run(backend, inputs) if inputs else None, None)
                 except Exception as exc:
                     logger.exception("batch %d failed in the backend", job.batch_id)
                     outcome = (None, exc)

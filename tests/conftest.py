@@ -117,9 +117,19 @@ def texts() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def server() -> Iterator[ServerProcess]:
-    """One real ``embedloom serve`` on loopback for the read-only API tests."""
-    with ServerProcess.start("--log-format", "json", "--log-level", "debug") as process:
+def server(prompted_model_dir: Path) -> Iterator[ServerProcess]:
+    """One real ``embedloom serve`` on loopback for the read-only API tests: the default
+    model, and the same model with named prompts as ``prompted``."""
+    with ServerProcess.start(
+        "--log-format",
+        "json",
+        "--log-level",
+        "debug",
+        "--model",
+        "all-MiniLM-L6-v2",
+        "--model",
+        f"prompted={prompted_model_dir}",
+    ) as process:
         yield process
 
 

@@ -1,7 +1,7 @@
 """The client libraries people already use, unchanged, against a real ``embedloom serve``.
 
-One server serves all-MiniLM-L6-v2 (the default) and the same model with named
-prompts (``prompted``); every vector is compared with sentence-transformers on
+The suite's shared server serves all-MiniLM-L6-v2 (the default) and the same
+model with named prompts (``prompted``); every vector is compared with sentence-transformers on
 the same directory. Offline options, where a client needs one: langchain-openai's
 ``check_embedding_ctx_length=False`` (its default downloads tiktoken's BPE file
 and sends tiktoken ids, not the model's), litellm's
@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +32,9 @@ MODEL = "all-MiniLM-L6-v2"
 
 
 @pytest.fixture(scope="module")
-def served(model_dir: Path, prompted_model_dir: Path) -> Iterator[ServerProcess]:
-    with ServerProcess.start(
-        "--model", f"{MODEL}={model_dir}", "--model", f"prompted={prompted_model_dir}"
-    ) as process:
-        yield process
+def served(server: ServerProcess) -> ServerProcess:
+    """The suite's shared server: all-MiniLM-L6-v2, and ``prompted``."""
+    return server
 
 
 @pytest.fixture(scope="module")

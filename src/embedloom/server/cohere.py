@@ -110,8 +110,8 @@ async def embed(request: Request) -> Response:
     }
     if body.input_type is not None and answer.prompt_name is None:
         meta["warnings"] = [
-            f"input_type {body.input_type}: model {served} has no prompt for it (its "
-            f"prompts: {answer.model_prompts or 'none'}); embedded without one"
+            f"input_type {body.input_type}: model {served} has no prompt for it, so the texts "
+            f"were embedded as without an input_type (its prompts: {answer.model_prompts})"
         ]
     payload = {
         "id": _request_id(request),

@@ -75,7 +75,7 @@ class EmbedAnswer:
     # One entry per asked encoding: each input's vector in it.
     encoded: dict[EmbeddingType, list[object]]
     # The prompt asked for by name or found among the candidates (None: neither),
-    # and the model's prompt names.
+    # and the model's prompt names, listed for a message.
     prompt_name: str | None = None
     model_prompts: str = ""
 

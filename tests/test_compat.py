@@ -38,11 +38,11 @@ def served(server: ServerProcess) -> ServerProcess:
 
 
 @pytest.fixture(scope="module")
-def st_models(model_dir: Path, prompted_model_dir: Path) -> dict[str, Any]:
+def st_models(reference_model: Any, prompted_model_dir: Path) -> dict[str, Any]:
     from sentence_transformers import SentenceTransformer
 
     return {
-        MODEL: SentenceTransformer(str(model_dir), device="cpu"),
+        MODEL: reference_model,
         "prompted": SentenceTransformer(str(prompted_model_dir), device="cpu"),
     }
 

@@ -150,6 +150,15 @@ def test_embedder_splits_calls_larger_than_the_admission_bound(reference_encode:
     assert cosines(vectors, reference_encode(texts)).min() >= 0.99999
 
 
+def test_embedder_takes_the_models_prompts(prompted_model_dir: Path, reference_model: Any) -> None:
+    texts = sample_texts(4, seed=13)
+    with Embedder(str(prompted_model_dir)) as embedder:
+        vectors = embedder.embed(texts, prompt_name="query")
+    # The prompted model is MiniLM with prompts: its "query" prompt is this prefix.
+    expected = reference_model.encode(["query: " + text for text in texts])
+    assert cosines(vectors, expected).min() >= 0.99999
+
+
 @pytest.mark.parametrize(
     ("settings", "replicas", "reported"),
     [

@@ -10,7 +10,7 @@ import asyncio
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, Self, TypeVar, overload
+from typing import Any, Literal, Self, TypeVar, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -68,6 +68,8 @@ class Embedder:
         normalize: bool | None = ...,
         truncate: bool = ...,
         dimensions: int | None = ...,
+        prompt_name: str | None = ...,
+        truncation_direction: Literal["right", "left"] = ...,
     ) -> npt.NDArray[np.float32]: ...
 
     @overload
@@ -78,6 +80,8 @@ class Embedder:
         normalize: bool | None = ...,
         truncate: bool = ...,
         dimensions: int | None = ...,
+        prompt_name: str | None = ...,
+        truncation_direction: Literal["right", "left"] = ...,
     ) -> npt.NDArray[np.float32]: ...
 
     def embed(
@@ -87,11 +91,21 @@ class Embedder:
         normalize: bool | None = None,
         truncate: bool = True,
         dimensions: int | None = None,
+        prompt_name: str | None = None,
+        truncation_direction: Literal["right", "left"] = "right",
     ) -> npt.NDArray[np.float32]:
-        """Vectors for ``texts``: shape (n, d) for a list, (d,) for a single string."""
+        """Vectors for ``texts``: shape (n, d) for a list, (d,) for a single string.
+        ``prompt_name``: one of the model's prompts before each text, as
+        ``SentenceTransformer.encode(..., prompt_name=...)`` (see ``Engine.embed``)."""
         single = isinstance(texts, str)
         batch = [texts] if isinstance(texts, str) else list(texts)
-        options = {"normalize": normalize, "truncate": truncate, "dimensions": dimensions}
+        options = {
+            "normalize": normalize,
+            "truncate": truncate,
+            "dimensions": dimensions,
+            "prompt_name": prompt_name,
+            "truncation_direction": truncation_direction,
+        }
         vectors = self._call(self._embed_chunked(batch, **options))
         return vectors[0] if single else vectors
 

@@ -183,3 +183,38 @@ def test_huggingface_hubs_generated_tei_types_are_all_accepted(openapi: dict[str
 
     fields = {field.name for field in dataclasses.fields(FeatureExtractionInput)}
     assert fields <= set(request_properties(openapi, "/embed"))
+
+
+ERROR_BODIES = {"/v1/": "OpenAIErrorBody", "/v2/": "CohereErrorBody", "/": "TEIErrorBody"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/embed",
+        "/",
+        "/invocations",
+        "/embed_all",
+        "/embed_stream",
+        "/similarity",
+        "/v1/embeddings",
+        "/v2/embed",
+        "/tokenize",
+        "/decode",
+    ],
+)
+def test_every_route_documents_its_errors_in_its_dialect(
+    openapi: dict[str, Any], path: str
+) -> None:
+    responses = openapi["paths"][path]["post"]["responses"]
+    body = next(name for prefix, name in ERROR_BODIES.items() if path.startswith(prefix))
+    statuses = {"422", "413", "404"} | (
+        set() if path in ("/tokenize", "/decode") else {"429", "503", "504"}
+    )
+    for status in statuses:
+        schema = responses[status]["content"]["application/json"]["schema"]
+        assert schema["$ref"].endswith(f"/{body}"), (path, status, schema)
+    assert set(openapi["components"]["schemas"]["TEIErrorBody"]["required"]) == {
+        "error",
+        "error_type",
+    }

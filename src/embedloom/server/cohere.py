@@ -20,6 +20,7 @@ from starlette.responses import Response
 from embedloom.errors import InvalidInput
 from embedloom.quantize import EmbeddingType
 from embedloom.scope import Priority, current_scope
+from embedloom.server.errors import EMBEDDING_ERRORS, error_responses
 from embedloom.server.schemas import Dimensions, parse_body
 from embedloom.server.state import (
     EmbedCall,
@@ -72,6 +73,7 @@ class CohereEmbedRequest(BaseModel):
     "/v2/embed",
     response_model=None,
     summary="Embed texts (Cohere-compatible)",
+    responses=error_responses("/v2/embed", EMBEDDING_ERRORS),
     openapi_extra=json_body(CohereEmbedRequest),
 )
 async def embed(request: Request) -> Response:

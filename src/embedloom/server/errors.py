@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import orjson
+from pydantic import BaseModel
 from starlette.responses import Response
 
 from embedloom.errors import (
@@ -37,8 +38,10 @@ from embedloom.errors import (
 from embedloom.scope import current_scope
 
 __all__ = [
+    "EMBEDDING_ERRORS",
     "ERROR_STATUS",
     "ROUTE_DIALECTS",
+    "TOKENIZER_ERRORS",
     "BodyTimeout",
     "BodyTooLarge",
     "ErrorKind",
@@ -47,6 +50,7 @@ __all__ = [
     "NoSuchRoute",
     "Unauthorized",
     "UnsupportedMediaType",
+    "error_responses",
     "kind_of",
     "refusal_for_status",
     "response_for",
@@ -185,3 +189,63 @@ def response_for(error: EmbedloomError, path: str) -> Response:
         media_type="application/json",
         headers=headers,
     )
+
+
+# -- the error bodies and statuses in the OpenAPI document -------------------------
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIErrorBody(BaseModel):
+    """An error under ``/v1/`` and ``/embeddings``."""
+
+    error: OpenAIErrorDetail
+
+
+class TEIErrorBody(BaseModel):
+    """An error on TEI's routes and embedloom's own."""
+
+    error: str
+    error_type: str
+
+
+class CohereErrorBody(BaseModel):
+    """An error under ``/v2/``."""
+
+    id: str | None
+    message: str
+
+
+_BODIES: Mapping[Dialect, type[BaseModel]] = {
+    "openai": OpenAIErrorBody,
+    "tei": TEIErrorBody,
+    "cohere": CohereErrorBody,
+}
+
+_WHY: Mapping[int, str] = {
+    400: "the model cannot do this task",
+    401: "missing or wrong API key (with --api-key)",
+    404: "no such model (the message lists the served ones)",
+    408: "the body took longer than --body-timeout to arrive",
+    413: "a body, a request or an input over its limit (truncation refused)",
+    415: "a body that is not JSON",
+    422: "a field missing, of the wrong type or value (the message names it)",
+    429: "admission bound reached; Retry-After says when to try again",
+    500: "the model failed on an input of this request",
+    503: "starting, draining, a model loading or an inference thread being replaced",
+    504: "the request's deadline passed",
+}
+
+EMBEDDING_ERRORS = (401, 404, 408, 413, 415, 422, 429, 500, 503, 504)
+TOKENIZER_ERRORS = (401, 404, 408, 413, 415, 422, 503)
+
+
+def error_responses(path: str, statuses: tuple[int, ...]) -> dict[int | str, dict[str, object]]:
+    """The OpenAPI ``responses`` of ``statuses`` on ``path``, in its dialect's body."""
+    body = _BODIES[dialect_for(path)]
+    return {status: {"model": body, "description": _WHY[status]} for status in statuses}

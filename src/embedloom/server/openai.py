@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from embedloom.quantize import EmbeddingType
+from embedloom.server.errors import EMBEDDING_ERRORS, error_responses
 from embedloom.server.schemas import EmbeddingRequest, EmbeddingResponse, parse_body
 from embedloom.server.state import (
     EmbedCall,
@@ -84,7 +85,10 @@ for _path, _summary in (
         methods=["POST"],
         response_model=None,
         summary=_summary,
-        responses={200: {"model": EmbeddingResponse}},
+        responses={
+            200: {"model": EmbeddingResponse},
+            **error_responses(_path, EMBEDDING_ERRORS),
+        },
         openapi_extra=json_body(EmbeddingRequest),
         operation_id=f"create_embeddings{_path.replace('/', '_')}",
     )

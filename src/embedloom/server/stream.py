@@ -28,7 +28,7 @@ from embedloom.backends.base import ModelInput
 from embedloom.errors import EmbedloomError, TooManyInputs
 from embedloom.quantize import encode_vectors
 from embedloom.scope import current_scope
-from embedloom.server.errors import kind_of
+from embedloom.server.errors import EMBEDDING_ERRORS, error_responses, kind_of
 from embedloom.server.schemas import EmbedRequest, parse_body
 from embedloom.server.state import ServerState, json_body, server_state, unless_disconnected
 
@@ -45,7 +45,10 @@ _Item = tuple[int, object]
     "/embed_stream",
     response_model=None,
     summary="Embed a long list, streamed back as NDJSON lines in input order",
-    responses={200: {"content": {"application/x-ndjson": {}}}},
+    responses={
+        200: {"content": {"application/x-ndjson": {}}},
+        **error_responses("/embed_stream", EMBEDDING_ERRORS),
+    },
     openapi_extra=json_body(EmbedRequest),
 )
 async def embed_stream(request: Request) -> Response:

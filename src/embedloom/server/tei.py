@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from embedloom.engine import Embeddings
 from embedloom.errors import NotThisTask, TooManyInputs
+from embedloom.server.errors import EMBEDDING_ERRORS, TOKENIZER_ERRORS, error_responses
 from embedloom.server.schemas import (
     DecodeRequest,
     EmbedAllRequest,
@@ -65,7 +66,7 @@ for _path, _summary in (
         methods=["POST"],
         response_model=None,
         summary=_summary,
-        responses={200: {"model": list[list[float]]}},
+        responses={200: {"model": list[list[float]]}, **error_responses(_path, EMBEDDING_ERRORS)},
         openapi_extra=json_body(EmbedRequest),
         operation_id="embed" + _path.replace("/", "_"),
     )
@@ -75,7 +76,10 @@ for _path, _summary in (
     "/tokenize",
     response_model=None,
     summary="Each input's tokens as the model sees them, with their places in the text",
-    responses={200: {"model": list[list[SimpleToken]]}},
+    responses={
+        200: {"model": list[list[SimpleToken]]},
+        **error_responses("/tokenize", TOKENIZER_ERRORS),
+    },
     openapi_extra=json_body(TokenizeRequest),
 )
 async def tokenize(request: Request) -> Response:
@@ -102,7 +106,7 @@ async def tokenize(request: Request) -> Response:
     "/decode",
     response_model=None,
     summary="The text of token ids",
-    responses={200: {"model": list[str]}},
+    responses={200: {"model": list[str]}, **error_responses("/decode", TOKENIZER_ERRORS)},
     openapi_extra=json_body(DecodeRequest),
 )
 async def decode(request: Request) -> Response:
@@ -120,7 +124,7 @@ async def decode(request: Request) -> Response:
     "/similarity",
     response_model=None,
     summary="Cosine similarity of source_sentence with each of sentences",
-    responses={200: {"model": list[float]}},
+    responses={200: {"model": list[float]}, **error_responses("/similarity", EMBEDDING_ERRORS)},
     openapi_extra=json_body(SimilarityRequest),
 )
 async def similarity(request: Request) -> Response:
@@ -166,7 +170,10 @@ async def other_task(request: Request) -> Response:
     "/embed_all",
     response_model=None,
     summary="Each input's token vectors before pooling, special and prompt tokens included",
-    responses={200: {"model": list[list[list[float]]]}},
+    responses={
+        200: {"model": list[list[list[float]]]},
+        **error_responses("/embed_all", (400, *EMBEDDING_ERRORS)),
+    },
     openapi_extra=json_body(EmbedAllRequest),
 )
 async def embed_all(request: Request) -> Response:
@@ -195,6 +202,7 @@ for _path in _OTHER_TASKS:
         other_task,
         methods=["POST"],
         response_model=None,
-        summary=f"424: {_OTHER_TASKS[_path]} task, which no model served here has",
+        summary=f"400: {_OTHER_TASKS[_path]} task, which no model served here has",
+        responses=error_responses(_path, (400,)),
         operation_id="other_task" + _path.replace("/", "_"),
     )

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from embedloom.backends.base import TokenizeOptions
 from embedloom.errors import InvalidInput
 
 __all__ = ["ModelPrompts", "pooling_mode"]
@@ -89,6 +90,30 @@ class ModelPrompts:
         if chosen and self.unusable is not None:
             raise InvalidInput(f"this model cannot take a prompt: {self.unusable}", param="prompt")
         return chosen or ""
+
+    def tokenize_options(
+        self,
+        *,
+        texts: bool,
+        name: str | None,
+        text: str | None,
+        direction: str,
+        max_tokens: int | None = None,
+    ) -> TokenizeOptions:
+        """How a request's inputs are tokenised: its prompt (``text_for``; token ids
+        take none unless asked, being the model's input as given), which end an
+        over-long input loses, and a cut below the model's maximum."""
+        if max_tokens is not None and (
+            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+        ):
+            raise InvalidInput("max_tokens must be a positive integer", param="max_tokens")
+        if direction not in ("right", "left"):
+            raise InvalidInput(
+                f"truncation_direction must be right or left, not {direction!r}",
+                param="truncation_direction",
+            )
+        prompt = self.text_for(name, text) if texts or name is not None or text is not None else ""
+        return TokenizeOptions(prompt=prompt, left=direction == "left", max_tokens=max_tokens)
 
     def listed(self) -> str:
         return ", ".join(sorted(self.prompts)) or "it has none"

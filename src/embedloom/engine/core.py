@@ -15,7 +15,6 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncGenerator, Sequence
 from typing import Literal, Self
 
@@ -28,7 +27,6 @@ from embedloom.backends.base import (
     BackendFactory,
     ModelInput,
     Task,
-    TokenizeOptions,
     TokenPiece,
 )
 from embedloom.batching import BatchPolicy
@@ -37,6 +35,7 @@ from embedloom.engine.admission import Admission
 from embedloom.engine.api import Embeddings, EngineState, ModelInfo, Offload
 from embedloom.engine.scheduler import Scheduler
 from embedloom.engine.statistics import EngineStatistics
+from embedloom.engine.streaming import chunked_stream
 from embedloom.engine.work import Request, validated_dimensions, validated_inputs
 from embedloom.errors import (
     BackendError,
@@ -353,6 +352,7 @@ class Engine:
         prompt: str | None = None,
         truncation_direction: TruncationDirection = "right",
         max_tokens: int | None = None,
+        task: Task = "embed",
     ) -> Embeddings:
         """Embed ``inputs`` (texts, or lists of the model's token ids); vectors in
         input order.
@@ -369,80 +369,29 @@ class Engine:
         ``timeout``: seconds from now after which the request fails with
         ``DeadlineExceeded`` and its inputs are dropped unrun (None: the request
         scope's deadline, if any). ``priority``: high, normal or low (None: the
-        request scope's).
+        request scope's). ``task``: ``tokens`` gives per-token vectors instead
+        (``embed_tokens``).
         """
-        return await self._run(
-            "embed",
-            inputs,
-            normalize=normalize,
-            truncate=truncate,
-            dimensions=dimensions,
-            timeout=timeout,
-            priority=priority,
-            prompt_name=prompt_name,
-            prompt=prompt,
-            truncation_direction=truncation_direction,
-            max_tokens=max_tokens,
-        )
-
-    async def embed_tokens(
-        self,
-        inputs: Sequence[ModelInput],
-        *,
-        truncate: bool = False,
-        timeout: float | None = None,  # noqa: ASYNC109
-        priority: Priority | None = None,
-        prompt_name: str | None = None,
-        truncation_direction: TruncationDirection = "right",
-    ) -> Embeddings:
-        """Each input's token vectors before pooling (TEI's ``/embed_all``), in
-        ``token_vectors``: one ``(n_tokens, hidden)`` array per input, special and
-        prompt tokens included. Batched, admitted and timed like ``embed``;
-        ``NotThisTask`` when the backend's graph pools inside (ONNX)."""
-        backend = self._require_backend()
-        if "tokens" not in backend.tasks:
-            raise NotThisTask(
-                f"per-token vectors need the torch backend; model {self._name} runs on "
-                f"{backend.name}/{backend.dtype}, whose graph pools inside "
-                "(serve it with --backend torch)"
-            )
-        return await self._run(
-            "tokens",
-            inputs,
-            truncate=truncate,
-            timeout=timeout,
-            priority=priority,
-            prompt_name=prompt_name,
-            truncation_direction=truncation_direction,
-        )
-
-    async def _run(
-        self,
-        task: Task,
-        inputs: Sequence[ModelInput],
-        *,
-        normalize: bool | None = None,
-        truncate: bool = False,
-        dimensions: int | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109
-        priority: Priority | None = None,
-        prompt_name: str | None = None,
-        prompt: str | None = None,
-        truncation_direction: TruncationDirection = "right",
-        max_tokens: int | None = None,
-    ) -> Embeddings:
         if self._state is not EngineState.RUNNING:
             raise Unavailable(f"the engine is {self._state.value}, not accepting requests")
         if self._scheduler.recovering_reason is not None:
             raise Unavailable(f"the model is restarting ({self.unhealthy_reason}); retry shortly")
         backend = self._require_backend()
+        if task not in backend.tasks:
+            raise NotThisTask(
+                f"per-token vectors need the torch backend; model {self._name} runs on "
+                f"{backend.name}/{backend.dtype}, whose graph pools inside "
+                "(serve it with --backend torch)"
+            )
         inputs = validated_inputs(inputs)
         width = validated_dimensions(dimensions, backend.dimensions)
-        options = self._tokenize_options(inputs, prompt_name, prompt, truncation_direction)
-        if max_tokens is not None:
-            if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-                raise InvalidInput("max_tokens must be a positive integer", param="max_tokens")
-            options = dataclasses.replace(options, max_tokens=max_tokens)
+        options = self._prompts.tokenize_options(
+            texts=isinstance(inputs[0], str),
+            name=prompt_name,
+            text=prompt,
+            direction=truncation_direction,
+            max_tokens=max_tokens,
+        )
         scope = current_scope()
         if priority is None:
             priority = scope.priority if scope else "normal"
@@ -476,24 +425,28 @@ class Engine:
             self._scheduler.abandon(request, exc)
             raise
 
-    def _tokenize_options(
+    async def embed_tokens(
         self,
         inputs: Sequence[ModelInput],
-        prompt_name: str | None,
-        prompt: str | None,
-        direction: str,
-    ) -> TokenizeOptions:
-        if direction not in ("right", "left"):
-            raise InvalidInput(
-                f"truncation_direction must be right or left, not {direction!r}",
-                param="truncation_direction",
-            )
-        texts = isinstance(inputs[0], str)
-        if not texts and prompt_name is None and prompt is None:
-            # Token ids are the model's input as given: no default prompt either.
-            return TokenizeOptions(left=direction == "left")
-        return TokenizeOptions(
-            prompt=self._prompts.text_for(prompt_name, prompt), left=direction == "left"
+        *,
+        truncate: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109
+        priority: Priority | None = None,
+        prompt_name: str | None = None,
+        truncation_direction: TruncationDirection = "right",
+    ) -> Embeddings:
+        """Each input's token vectors before pooling (TEI's ``/embed_all``), in
+        ``token_vectors``: one ``(n_tokens, hidden)`` array per input, special and
+        prompt tokens included. Batched, admitted and timed like ``embed``;
+        ``NotThisTask`` when the backend's graph pools inside (ONNX)."""
+        return await self.embed(
+            inputs,
+            truncate=truncate,
+            timeout=timeout,
+            priority=priority,
+            prompt_name=prompt_name,
+            truncation_direction=truncation_direction,
+            task="tokens",
         )
 
     async def tokens(
@@ -527,7 +480,7 @@ class Engine:
         leaves room for high)."""
         return self._admission.limit(priority)
 
-    async def embed_stream(
+    def embed_stream(
         self,
         texts: Sequence[ModelInput],
         *,
@@ -548,46 +501,22 @@ class Engine:
         requests interleave with it. Each chunk is admitted like a request: under
         overload the stream fails with ``Overloaded``. Leaving the iteration (or
         cancelling) drops the chunks not yet run, counted in ``inputs_dropped``.
-        Deadlines come from the request scope; the other options are ``embed``'s.
+        Deadlines come from the request scope; the other options are ``embed``'s
+        (``streaming.py``).
         """
-        texts = validated_inputs(texts)
-        if in_flight < 1:
-            raise ValueError("in_flight must be at least 1")
-        chunk = chunk_size or self._settings.max_batch_size
-        pending: deque[tuple[int, asyncio.Future[Embeddings]]] = deque()
-        next_start = 0
-        try:
-            while next_start < len(texts) or pending:
-                while next_start < len(texts) and len(pending) < in_flight:
-                    part = texts[next_start : next_start + chunk]
-                    work = self.embed(
-                        part,
-                        normalize=normalize,
-                        truncate=truncate,
-                        dimensions=dimensions,
-                        priority=priority,
-                        prompt_name=prompt_name,
-                        truncation_direction=truncation_direction,
-                    )
-                    pending.append((next_start, asyncio.ensure_future(work)))
-                    next_start += len(part)
-                start, task = pending.popleft()
-                try:
-                    result = await task
-                except InputTooLong as exc:  # its index is within the chunk
-                    raise InputTooLong(index=start + exc.index, max_tokens=exc.max_tokens) from None
-                for offset, vector in enumerate(result.vectors):
-                    yield start + offset, vector
-        finally:
-            # Everything that matters happens before the first await: a caller
-            # cancelled under a level-triggered cancel scope (anyio, so Starlette)
-            # is cancelled again at every await, and the rest would never run.
-            # Inputs never handed to the engine count as dropped; the cancelled
-            # chunks drop (and count) their own queued inputs as they unwind.
-            self._scheduler.count_dropped(len(texts) - next_start)
-            for _, task in pending:
-                task.cancel()
-            await asyncio.gather(*(task for _, task in pending), return_exceptions=True)
+        return chunked_stream(
+            self.embed,
+            validated_inputs(texts),
+            chunk=chunk_size or self._settings.max_batch_size,
+            in_flight=in_flight,
+            on_unsent=self._scheduler.count_dropped,
+            normalize=normalize,
+            truncate=truncate,
+            dimensions=dimensions,
+            priority=priority,
+            prompt_name=prompt_name,
+            truncation_direction=truncation_direction,
+        )
 
     def _admit(
         self,

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 
+import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
@@ -68,10 +70,6 @@ async def create_embeddings(request: Request) -> Response:
 
 
 def _base64(row: object) -> str:
-    import base64
-
-    import numpy as np
-
     return base64.b64encode(np.asarray(row).tobytes()).decode("ascii")
 
 

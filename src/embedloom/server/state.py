@@ -4,17 +4,19 @@ to await an engine that gives up when the client goes away."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+import numpy as np
+import numpy.typing as npt
 import orjson
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
 from embedloom.config import Settings
-from embedloom.engine import Embeddings
+from embedloom.engine import Embeddings, Engine
 from embedloom.errors import TooManyInputs
 from embedloom.quantize import Calibrations, EmbeddingType, encode_vectors
 from embedloom.registry import Registry
@@ -29,6 +31,7 @@ __all__ = [
     "embed_for_request",
     "json_answer",
     "json_body",
+    "quantization_ranges",
     "server_state",
     "timing_headers",
     "unless_disconnected",
@@ -110,18 +113,31 @@ async def embed_for_request(request: Request, call: EmbedCall) -> EmbedAnswer:
                 max_tokens=call.max_tokens,
                 priority=call.priority,
             )
-            ranges = None
-            if {"int8", "uint8"} & set(call.encodings):
-                calibration = await state.calibrations.of(engine)
-                normalize = (
-                    engine.model_info.normalizes if call.normalize is None else call.normalize
-                )
-                ranges = calibration.ranges(result.vectors.shape[1], normalize)
+            ranges = await quantization_ranges(
+                state, engine, call.encodings, result.vectors.shape[1], call.normalize
+            )
             listed = engine.prompts.listed()
         encoded = {kind: encode_vectors(result.vectors, kind, ranges) for kind in call.encodings}
         return EmbedAnswer(result, encoded, prompt_name, listed)
 
     return await unless_disconnected(request, embed())
+
+
+async def quantization_ranges(
+    state: ServerState,
+    engine: Engine,
+    encodings: Iterable[EmbeddingType],
+    width: int,
+    normalize: bool | None,
+) -> npt.NDArray[np.float32] | None:
+    """The calibrated int8/uint8 ranges for vectors of ``width`` dimensions,
+    normalised as asked (None: as the model does); None when no encoding needs them."""
+    if not {"int8", "uint8"} & set(encodings):
+        return None
+    calibration = await state.calibrations.of(engine)
+    return calibration.ranges(
+        width, engine.model_info.normalizes if normalize is None else normalize
+    )
 
 
 def timing_headers(result: Embeddings) -> dict[str, str]:

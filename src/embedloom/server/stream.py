@@ -30,7 +30,13 @@ from embedloom.quantize import encode_vectors
 from embedloom.scope import current_scope
 from embedloom.server.errors import EMBEDDING_ERRORS, error_responses, kind_of
 from embedloom.server.schemas import EmbedRequest, parse_body
-from embedloom.server.state import ServerState, json_body, server_state, unless_disconnected
+from embedloom.server.state import (
+    ServerState,
+    json_body,
+    quantization_ranges,
+    server_state,
+    unless_disconnected,
+)
 
 __all__ = ["router"]
 
@@ -90,11 +96,8 @@ async def _leased_stream(
         state.registry.use(body.model) as engine,
         contextlib.aclosing(engine.embed_stream(inputs, **options)) as items,
     ):
-        ranges = None
-        if kind in ("int8", "uint8"):
-            calibration = await state.calibrations.of(engine)
-            width = body.dimensions or engine.model_info.dimensions
-            ranges = calibration.ranges(width, body.normalize)
+        width = body.dimensions or engine.model_info.dimensions
+        ranges = await quantization_ranges(state, engine, (kind,), width, body.normalize)
         async for index, vector in items:
             if kind == "float":
                 yield index, vector

@@ -14,13 +14,13 @@ served without prompts rather than with vectors that differ from ``encode``'s.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from embedloom.backends.base import TokenizeOptions
 from embedloom.errors import InvalidInput
+from embedloom.model_files import config_json, module_list
 
 __all__ = ["ModelPrompts", "pooling_mode"]
 
@@ -48,7 +48,7 @@ class ModelPrompts:
     def read(cls, model_dir: Path) -> ModelPrompts:
         """The prompts of the sentence-transformers model in ``model_dir`` (none for a
         plain transformers directory)."""
-        config = _json(model_dir / "config_sentence_transformers.json")
+        config = config_json(model_dir / "config_sentence_transformers.json")
         listed = config.get("prompts")
         prompts = {str(k): str(v) for k, v in listed.items()} if isinstance(listed, dict) else {}
         default = config.get("default_prompt_name") or None
@@ -119,14 +119,6 @@ class ModelPrompts:
         return ", ".join(sorted(self.prompts)) or "it has none"
 
 
-def _json(path: Path) -> dict[str, object]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def pooling_mode(model_dir: Path) -> str | None:
     """The model's pooling in TEI's words (``mean``, ``cls``, …), if it declares one."""
     config = _pooling_config(model_dir)
@@ -139,11 +131,7 @@ def _pooling_includes_prompt(model_dir: Path) -> bool:
 
 
 def _pooling_config(model_dir: Path) -> dict[str, object]:
-    try:
-        modules = json.loads((model_dir / "modules.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    for module in modules if isinstance(modules, list) else []:
-        if isinstance(module, dict) and str(module.get("type", "")).endswith("Pooling"):
-            return _json(model_dir / str(module.get("path", "")) / "config.json")
+    for module in module_list(model_dir):
+        if str(module.get("type", "")).endswith("Pooling"):
+            return config_json(model_dir / str(module.get("path", "")) / "config.json")
     return {}

@@ -13,8 +13,12 @@ __all__ = [
     "PLAIN",
     "Backend",
     "BackendFactory",
+    "BatchOutputs",
     "ModelInput",
+    "Row",
+    "SparseVector",
     "Task",
+    "TextPair",
     "TokenPiece",
     "TokenizeOptions",
     "TokenizedInput",
@@ -23,9 +27,21 @@ __all__ = [
 ModelInput = str | Sequence[int]
 """What a client may send to embed: a text, or the model's own token ids."""
 
-Task = Literal["embed", "tokens"]
-"""What a batch asks of the model: pooled vectors (``embed``), or each input's
-per-token vectors, unpooled (``tokens``, TEI's ``/embed_all``)."""
+TextPair = tuple[str, str]
+"""A query and a document, which a cross-encoder reads together."""
+
+Task = Literal["embed", "tokens", "score", "sparse"]
+"""What a batch asks of the model: pooled vectors (``embed``); each input's
+per-token vectors, unpooled (``tokens``, TEI's ``/embed_all``); a cross-encoder's
+raw scores of text pairs (``score``); a sparse encoder's vectors (``sparse``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SparseVector:
+    """The non-zero entries of one sparse (vocabulary-wide) vector, by ascending index."""
+
+    indices: npt.NDArray[np.int32]
+    values: npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +134,14 @@ class Backend(Protocol):
         cut to ``max_input_tokens`` (``TextEncoder.tokenize``)."""
         ...
 
+    def tokenize_pairs(
+        self, pairs: Sequence[TextPair], options: TokenizeOptions = PLAIN
+    ) -> list[TokenizedInput]:
+        """Query–document pairs as a cross-encoder reads them, cut to
+        ``max_input_tokens`` from the longer of the two first, as the tokenizer's
+        ``longest_first`` does; ``options.max_tokens`` cuts each document first."""
+        ...
+
     def pieces(self, text: str, *, prompt: str = "", special: bool = True) -> list[TokenPiece]:
         """The tokens of ``prompt + text``, uncut, with their places in it."""
         ...
@@ -127,8 +151,14 @@ class Backend(Protocol):
         ...
 
     @property
+    def kind(self) -> str:
+        """What kind of model it runs (``tasks.ModelKind``): embedding, cross-encoder
+        or sparse."""
+        ...
+
+    @property
     def tasks(self) -> tuple[Task, ...]:
-        """The tasks this backend can run (``embed`` always)."""
+        """The tasks this backend can run (those of its kind of model it supports)."""
         ...
 
     def embed(self, batch: Sequence[TokenizedInput]) -> npt.NDArray[np.float32]:
@@ -140,5 +170,22 @@ class Backend(Protocol):
         (only if ``tokens`` is among ``tasks``)."""
         ...
 
+    def score(self, batch: Sequence[TokenizedInput]) -> npt.NDArray[np.float32]:
+        """A cross-encoder's raw scores (before its activation), shape
+        ``(len(batch), dimensions)`` (only if ``score`` is among ``tasks``)."""
+        ...
+
+    def embed_sparse(self, batch: Sequence[TokenizedInput]) -> list[SparseVector]:
+        """A sparse encoder's vectors, ``dimensions`` (its vocabulary) wide (only if
+        ``sparse`` is among ``tasks``)."""
+        ...
+
 
 BackendFactory = Callable[[], Backend]
+
+Row = npt.NDArray[np.float32] | SparseVector
+"""One input's answer: a row of its task's width (a pooled vector, a pair's
+scores), or a ragged task's own shape (token vectors, a sparse vector)."""
+
+BatchOutputs = npt.NDArray[np.float32] | list[Row]
+"""A batch's answers in input order: one array of rows, or a list of ragged ones."""

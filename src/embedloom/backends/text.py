@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
@@ -17,11 +18,13 @@ from tokenizers import Tokenizer
 from embedloom.backends.base import (
     PLAIN,
     ModelInput,
+    SparseVector,
+    TextPair,
     TokenizedInput,
     TokenizeOptions,
     TokenPiece,
 )
-from embedloom.errors import InvalidInput
+from embedloom.errors import BackendError, InvalidInput
 
 __all__ = ["EncoderBackend", "TextEncoder"]
 
@@ -170,6 +173,50 @@ class TextEncoder:
             kept = kept[-limit:] if options.left else kept[:limit]
         return TokenizedInput(input_ids=kept, token_type_ids=None, truncated=truncated)
 
+    def tokenize_pairs(
+        self, pairs: Sequence[TextPair], options: TokenizeOptions = PLAIN
+    ) -> list[TokenizedInput]:
+        """Each (query, document) pair as a cross-encoder reads it: ``[CLS] query
+        [SEP] document [SEP]``, the document's tokens of the second type, cut to
+        ``max_tokens`` by the tokenizer's own ``longest_first`` rule (what
+        ``CrossEncoder`` asks of it), from the end or, with ``options.left``, the
+        beginning. ``options.max_tokens`` first cuts each document to that many
+        tokens (Cohere's ``max_tokens_per_doc``)."""
+        cutter = self._pair_cutters[options.left]
+        out = []
+        for query, document in pairs:
+            if options.max_tokens is not None:
+                document = self._first_tokens(document, options.max_tokens)
+            encoding = cutter.encode(query, document)
+            out.append(
+                TokenizedInput(
+                    input_ids=tuple(encoding.ids),
+                    token_type_ids=tuple(encoding.type_ids),
+                    truncated=bool(encoding.overflowing),
+                )
+            )
+        return out
+
+    @cached_property
+    def _pair_cutters(self) -> dict[bool, Tokenizer]:
+        # Tokenizers of their own, configured once here and never changed after
+        # (see the class's docstring), one per cutting direction.
+        cutters = {}
+        for left in (False, True):
+            cutter = Tokenizer.from_str(self.to_json())
+            cutter.no_padding()
+            cutter.enable_truncation(
+                self.max_tokens, strategy="longest_first", direction="left" if left else "right"
+            )
+            cutters[left] = cutter
+        return cutters
+
+    def _first_tokens(self, text: str, count: int) -> str:
+        encoding = self._tokenizer.encode(text, add_special_tokens=False)
+        if len(encoding.ids) <= count:
+            return text
+        return text[: encoding.offsets[count - 1][1]]
+
     def _limit(self, options: TokenizeOptions) -> int:
         if options.max_tokens is None:
             return self.max_tokens
@@ -232,6 +279,8 @@ class EncoderBackend:
     """What every backend built on a ``TextEncoder`` shares: the text side of the
     ``Backend`` protocol and the shape of its output. Subclasses add ``embed``."""
 
+    kind = "embedding"
+
     def __init__(self, text: TextEncoder, *, dimensions: int, normalizes: bool) -> None:
         self.text = text
         self._dimensions = dimensions
@@ -258,8 +307,21 @@ class EncoderBackend:
     ) -> list[TokenizedInput]:
         return self.text.tokenize(inputs, options)
 
+    def tokenize_pairs(
+        self, pairs: Sequence[TextPair], options: TokenizeOptions = PLAIN
+    ) -> list[TokenizedInput]:
+        return self.text.tokenize_pairs(pairs, options)
+
     def pieces(self, text: str, *, prompt: str = "", special: bool = True) -> list[TokenPiece]:
         return self.text.pieces(text, prompt=prompt, special=special)
+
+    # The engine asks a backend only for the tasks it lists; these are the answer
+    # to anything else that does.
+    def score(self, batch: Sequence[TokenizedInput]) -> npt.NDArray[np.float32]:
+        raise BackendError(f"{type(self).__name__} does not score pairs")
+
+    def embed_sparse(self, batch: Sequence[TokenizedInput]) -> list[SparseVector]:
+        raise BackendError(f"{type(self).__name__} does not make sparse vectors")
 
     def decode(self, ids: Sequence[int], *, skip_special: bool = True) -> str:
         return self.text.decode(ids, skip_special=skip_special)

@@ -11,6 +11,7 @@ is left to the engine so a caller can ask for raw vectors (TEI's
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,23 +21,26 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from embedloom.backends.base import Task, TokenizedInput
+from embedloom.backends.base import SparseVector, Task, TokenizedInput
 from embedloom.backends.text import EncoderBackend, TextEncoder
 from embedloom.errors import BackendError
 from embedloom.offload import refuse_on_event_loop
+from embedloom.tasks import KIND_TASKS, ModelKind, model_kind
 
 __all__ = ["TORCH_DTYPES", "TorchBackend", "cuda_device_count"]
 
 logger = logging.getLogger(__name__)
 
+_LOADING = threading.Lock()
+
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TorchBackend(EncoderBackend):
-    """Holds one loaded model; ``embed`` runs on the owning thread only."""
+    """Holds one loaded model — an embedding model, a cross-encoder or a sparse
+    encoder (``tasks.model_kind``); its tasks run on the owning thread only."""
 
     name = "torch"
-    tasks: tuple[Task, ...] = ("embed", "tokens")
 
     def __init__(
         self,
@@ -57,6 +61,8 @@ class TorchBackend(EncoderBackend):
         if preloaded is None:
             preloaded = PreloadedModel.load(model_dir, device=device, dtype=dtype)
         model = preloaded.model
+        self.kind: ModelKind = preloaded.kind
+        self.tasks: tuple[Task, ...] = KIND_TASKS[self.kind]
         self._device = preloaded.device
         self.dtype = preloaded.dtype
         model.eval()
@@ -68,11 +74,17 @@ class TorchBackend(EncoderBackend):
         max_tokens = model.max_seq_length
         if max_tokens is None:
             raise BackendError(f"the model at {model_dir} declares no maximum sequence length")
-        # Renamed in sentence-transformers 6; the old name warns there.
-        dimension_of = getattr(model, "get_embedding_dimension", None)
-        if dimension_of is None:
-            dimension_of = model.get_sentence_embedding_dimension
-        dims = dimension_of()
+        dims: int | None
+        if self.kind == "cross-encoder":
+            dims = model.num_labels
+        elif self.kind == "sparse":
+            dims = model.tokenizer.vocab_size  # one entry per vocabulary token
+        else:
+            # Renamed in sentence-transformers 6; the old name warns there.
+            dimension_of = getattr(model, "get_embedding_dimension", None)
+            if dimension_of is None:
+                dimension_of = model.get_sentence_embedding_dimension
+            dims = dimension_of()
         if dims is None:
             raise BackendError(f"the model at {model_dir} declares no embedding dimension")
 
@@ -97,6 +109,27 @@ class TorchBackend(EncoderBackend):
         refuse_on_event_loop("TorchBackend.embed")
         if not batch:
             return self.no_vectors()
+        return self._run_modules(batch, "sentence_embedding")
+
+    def score(self, batch: Sequence[TokenizedInput]) -> npt.NDArray[np.float32]:
+        refuse_on_event_loop("TorchBackend.score")
+        if not batch:
+            return self.no_vectors()
+        # The classification head's logits, before the activation predict() applies.
+        return self._run_modules(batch, "scores")
+
+    def embed_sparse(self, batch: Sequence[TokenizedInput]) -> list[SparseVector]:
+        refuse_on_event_loop("TorchBackend.embed_sparse")
+        if not batch:
+            return []
+        dense = self._run_modules(batch, "sentence_embedding")
+        out = []
+        for row in dense:
+            (indices,) = np.nonzero(row)
+            out.append(SparseVector(indices.astype(np.int32), row[indices]))
+        return out
+
+    def _run_modules(self, batch: Sequence[TokenizedInput], output: str) -> npt.NDArray[np.float32]:
         features: dict[str, Any] = {
             name: torch.from_numpy(array).to(self._device)
             for name, array in self.text.collate(batch).items()
@@ -104,8 +137,8 @@ class TorchBackend(EncoderBackend):
         with torch.inference_mode():
             for module in self._modules:
                 features = module(features)
-            pooled = features["sentence_embedding"]
-        return np.ascontiguousarray(pooled.float().cpu().numpy(), dtype=np.float32)
+            rows = features[output]
+        return np.ascontiguousarray(rows.float().cpu().numpy(), dtype=np.float32)
 
     def embed_tokens(self, batch: Sequence[TokenizedInput]) -> list[npt.NDArray[np.float32]]:
         refuse_on_event_loop("TorchBackend.embed_tokens")
@@ -138,10 +171,13 @@ class PreloadedModel:
     read-only, so the backends of several replicas may share one of these.
     """
 
-    def __init__(self, model: Any, device: str, dtype: str = "fp32") -> None:
+    def __init__(
+        self, model: Any, device: str, dtype: str = "fp32", kind: ModelKind = "embedding"
+    ) -> None:
         self.model = model
         self.device = device
         self.dtype = dtype
+        self.kind = kind
 
     @classmethod
     def load(
@@ -152,19 +188,25 @@ class PreloadedModel:
         dtype: str = "fp32",
         model_kwargs: dict[str, Any] | None = None,
     ) -> PreloadedModel:
-        from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as transformers_logging
 
+        kind = model_kind(model_dir)
+        model_class = _model_class(kind)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         # A progress bar per model load is noise in a server's logs.
         transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         started = time.perf_counter()
+        # One load at a time in a process: transformers builds a model on its meta
+        # device and ties weights after, which two threads loading at once (the
+        # replicas of one plan) can interleave, leaving a sparse encoder's tied
+        # masked-LM head on the meta device ("Cannot copy out of meta tensor").
         try:
-            model = SentenceTransformer(
-                str(model_dir), device=device, local_files_only=True, model_kwargs=model_kwargs
-            )
+            with _LOADING:
+                model = model_class(
+                    str(model_dir), device=device, local_files_only=True, model_kwargs=model_kwargs
+                )
             if dtype != "fp32":
                 model.to(TORCH_DTYPES[dtype])
         except (OSError, ValueError) as exc:
@@ -173,13 +215,33 @@ class PreloadedModel:
             torch.set_num_threads(threads)
         model.eval()
         logger.info(
-            "loaded model from %s (%s) in %.2f s",
+            "loaded %s model from %s (%s) in %.2f s",
+            kind,
             model_dir,
             dtype,
             time.perf_counter() - started,
             extra={"model_dir": str(model_dir), "device": device},
         )
-        return cls(model, device, dtype)
+        return cls(model, device, dtype, kind)
+
+
+def _model_class(kind: ModelKind) -> Any:
+    """The sentence-transformers class that loads a model of ``kind``."""
+    import sentence_transformers
+
+    if kind == "embedding":
+        return sentence_transformers.SentenceTransformer
+    # Run module by module like an embedding model, which these classes allow
+    # from sentence-transformers 6 on.
+    major = int(sentence_transformers.__version__.split(".")[0])
+    if major < 6:
+        raise BackendError(
+            f"serving a {kind} model needs sentence-transformers 6 or later "
+            f"(this is {sentence_transformers.__version__}): pip install -U sentence-transformers"
+        )
+    if kind == "cross-encoder":
+        return sentence_transformers.CrossEncoder
+    return sentence_transformers.SparseEncoder
 
 
 def cuda_device_count() -> int:

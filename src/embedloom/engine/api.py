@@ -11,6 +11,8 @@ from typing import ParamSpec, Protocol, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from embedloom.backends.base import SparseVector
+from embedloom.tasks import ScoreHead
 from embedloom.variants.gate import GateFigures
 
 __all__ = ["Embeddings", "EngineState", "ModelInfo", "Offload"]
@@ -50,6 +52,8 @@ class Embeddings:
     # ``Engine.embed_tokens``: each input's token vectors, unpooled (``vectors``
     # is then empty).
     token_vectors: list[npt.NDArray[np.float32]] | None = None
+    # ``Engine.embed_sparse``: each input's sparse vector (``vectors`` is then empty).
+    sparse: list[SparseVector] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,3 +70,5 @@ class ModelInfo:
     choice_reason: str | None = None
     gate: GateFigures | None = None
     pooling: str | None = None  # TEI's name for it: mean, cls, …
+    kind: str = "embedding"  # tasks.ModelKind
+    score_head: ScoreHead | None = None  # a cross-encoder's labels and activation

@@ -1,5 +1,6 @@
-"""The engine: the public face of embedding — lifecycle, health, model info, and
-``embed``/``embed_stream``.
+"""The engine: the public face of a model — lifecycle, health, model info, and
+``embed`` (the other tasks' calls, ``score``, ``embed_sparse`` and the rest, are
+in ``task_calls``; they all end in ``_submit``).
 
 Data path of one ``embed`` call, all bookkeeping on the event loop's thread:
 
@@ -15,11 +16,8 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncGenerator, Sequence
-from typing import Literal, Self
-
-import numpy as np
-import numpy.typing as npt
+from collections.abc import Callable, Sequence
+from typing import Self
 
 from embedloom import tracing
 from embedloom.backends.base import (
@@ -27,7 +25,7 @@ from embedloom.backends.base import (
     BackendFactory,
     ModelInput,
     Task,
-    TokenPiece,
+    TokenizedInput,
 )
 from embedloom.batching import BatchPolicy
 from embedloom.config import Settings, SettingsError
@@ -35,8 +33,12 @@ from embedloom.engine.admission import Admission
 from embedloom.engine.api import Embeddings, EngineState, ModelInfo, Offload
 from embedloom.engine.scheduler import Scheduler
 from embedloom.engine.statistics import EngineStatistics
-from embedloom.engine.streaming import chunked_stream
-from embedloom.engine.work import Request, validated_dimensions, validated_inputs
+from embedloom.engine.task_calls import TaskCalls, TruncationDirection
+from embedloom.engine.work import (
+    Request,
+    validated_dimensions,
+    validated_inputs,
+)
 from embedloom.errors import (
     BackendError,
     InputTooLong,
@@ -55,6 +57,7 @@ from embedloom.sharing import (
     build_worker,
 )
 from embedloom.sharing.slots import ComputeSlots
+from embedloom.tasks import ScoreHead, model_kind, score_head, what_it_does
 from embedloom.variants.choice import Choice
 
 __all__ = ["Engine"]
@@ -63,13 +66,19 @@ __all__ = ["Engine"]
 logger = logging.getLogger("embedloom.engine")
 
 
-TruncationDirection = Literal["right", "left"]
+# What a task does, for a message saying a model cannot.
+_TASK_WORDS: dict[Task, str] = {
+    "embed": "embed texts into dense vectors",
+    "tokens": "give per-token vectors",
+    "score": "score text pairs (rerank, predict)",
+    "sparse": "make sparse vectors",
+}
 
 # Without a plan: one inference thread, the backend's own thread settings.
 _DEDICATED = SharingPlan("dedicated", 1, 1, 0, 0, "the default")
 
 
-class Engine:
+class Engine(TaskCalls):
     """Owns the model and the queue in front of it. Use as ``async with Engine(...)``,
     or call ``start()`` and ``close()``; an engine is not reopened after closing."""
 
@@ -90,10 +99,12 @@ class Engine:
         name: str | None = None,
         prompts: ModelPrompts | None = None,
         pooling: str | None = None,
+        head: ScoreHead | None = None,
     ) -> None:
         """``choice``: how the backend was chosen, for ``model_info``.
         ``prompts``: the model's named prompts (``prompts.py``); ``pooling``: how
-        it pools, for ``model_info``.
+        it pools, and ``head``: a cross-encoder's labels and activation, for
+        ``model_info``.
         ``slots``: the process's compute slots, shared with the other models it
         serves (default: slots of this engine's own, its plan's thread budget).
         ``name``: the name the model is served under (default: ``model_id``).
@@ -105,6 +116,7 @@ class Engine:
         self._choice = choice
         self._prompts = prompts or ModelPrompts()
         self._pooling = pooling
+        self._head = head
         self._settings = settings or Settings()
         self._offload = offload
         self._sharing = sharing or _DEDICATED
@@ -190,6 +202,9 @@ class Engine:
             slots=slots,
             prompts=prompts,
             pooling=pooling_mode(setup.model.path),
+            head=score_head(setup.model.path)
+            if model_kind(setup.model.path) == "cross-encoder"
+            else None,
         )
 
     @staticmethod
@@ -265,7 +280,14 @@ class Engine:
             normalizes=backend.normalizes,
             choice_reason=self._choice.reason if self._choice else None,
             gate=self._choice.gate if self._choice else None,
-            pooling=self._pooling,
+            pooling="splade" if backend.kind == "sparse" else self._pooling,
+            kind=backend.kind,
+            score_head=self._head
+            if self._head or backend.kind != "cross-encoder"
+            else ScoreHead(
+                tuple(f"LABEL_{i}" for i in range(backend.dimensions)),
+                "sigmoid" if backend.dimensions == 1 else "identity",
+            ),
         )
 
     async def start(self) -> None:
@@ -295,7 +317,12 @@ class Engine:
             )
         self._state = EngineState.RUNNING
         # The first call allocates the model's working memory; pay for it now.
-        await self.embed(["warm up"], truncate=True, prompt="")
+        if "score" in self._backend.tasks:
+            await self.score([("warm up", "warm up")], truncate=True)
+        elif "sparse" in self._backend.tasks:
+            await self.embed_sparse(["warm up"], truncate=True)
+        else:
+            await self.embed(["warm up"], truncate=True, prompt="")
         self._scheduler.start_watchdog()
 
     async def wait_until_serving(self) -> None:
@@ -372,17 +399,7 @@ class Engine:
         request scope's). ``task``: ``tokens`` gives per-token vectors instead
         (``embed_tokens``).
         """
-        if self._state is not EngineState.RUNNING:
-            raise Unavailable(f"the engine is {self._state.value}, not accepting requests")
-        if self._scheduler.recovering_reason is not None:
-            raise Unavailable(f"the model is restarting ({self.unhealthy_reason}); retry shortly")
-        backend = self._require_backend()
-        if task not in backend.tasks:
-            raise NotThisTask(
-                f"per-token vectors need the torch backend; model {self._name} runs on "
-                f"{backend.name}/{backend.dtype}, whose graph pools inside "
-                "(serve it with --backend torch)"
-            )
+        backend = self._backend_for(task)
         inputs = validated_inputs(inputs)
         width = validated_dimensions(dimensions, backend.dimensions)
         options = self._prompts.tokenize_options(
@@ -392,6 +409,54 @@ class Engine:
             direction=truncation_direction,
             max_tokens=max_tokens,
         )
+        return await self._submit(
+            task,
+            len(inputs),
+            lambda: backend.tokenize(inputs, options),
+            width=width,
+            normalize=backend.normalizes if normalize is None else normalize,
+            truncate=truncate,
+            max_tokens=max_tokens,
+            timeout=timeout,
+            priority=priority,
+        )
+
+    def _backend_for(self, task: Task) -> Backend:
+        """The backend, if the engine is serving and its model can do ``task``."""
+        if self._state is not EngineState.RUNNING:
+            raise Unavailable(f"the engine is {self._state.value}, not accepting requests")
+        if self._scheduler.recovering_reason is not None:
+            raise Unavailable(f"the model is restarting ({self.unhealthy_reason}); retry shortly")
+        backend = self._require_backend()
+        if task in backend.tasks:
+            return backend
+        if task == "tokens" and backend.kind == "embedding":
+            raise NotThisTask(
+                f"per-token vectors need the torch backend; model {self._name} runs on "
+                f"{backend.name}/{backend.dtype}, whose graph pools inside "
+                "(serve it with --backend torch)"
+            )
+        raise NotThisTask(
+            f"model {self._name} is {what_it_does(backend.kind)}; "  # type: ignore[arg-type]
+            f"it cannot {_TASK_WORDS[task]}"
+        )
+
+    async def _submit(
+        self,
+        task: Task,
+        size: int,
+        tokenize: Callable[[], list[TokenizedInput]],
+        *,
+        width: int,
+        normalize: bool,
+        truncate: bool,
+        max_tokens: int | None,
+        timeout: float | None,  # noqa: ASYNC109
+        priority: Priority | None,
+    ) -> Embeddings:
+        """Admit ``size`` inputs of ``task``, tokenise them off the loop, queue them,
+        and wait for their rows."""
+        backend = self._require_backend()
         scope = current_scope()
         if priority is None:
             priority = scope.priority if scope else "normal"
@@ -403,13 +468,13 @@ class Engine:
                 raise InvalidInput("timeout must be positive", param="timeout")
             assert self._loop is not None
             deadline = self._loop.time() + timeout
-        request = self._admit(len(inputs), backend, width, normalize, deadline, priority, task)
+        request = self._admit(size, backend, width, normalize, deadline, priority, task)
         try:
             assert self._loop is not None
             started = self._loop.time()
             try:
-                with tracing.span("embedloom.tokenize", inputs=len(inputs)):
-                    tokenized = await self._offload(backend.tokenize, inputs, options)
+                with tracing.span("embedloom.tokenize", inputs=size):
+                    tokenized = await self._offload(tokenize)
             except (TypeError, ValueError, UnicodeError) as exc:
                 raise InvalidInput(f"input could not be tokenized: {exc}", param="input") from exc
             tokenize_seconds = self._loop.time() - started
@@ -425,105 +490,18 @@ class Engine:
             self._scheduler.abandon(request, exc)
             raise
 
-    async def embed_tokens(
-        self,
-        inputs: Sequence[ModelInput],
-        *,
-        truncate: bool = False,
-        timeout: float | None = None,  # noqa: ASYNC109
-        priority: Priority | None = None,
-        prompt_name: str | None = None,
-        truncation_direction: TruncationDirection = "right",
-    ) -> Embeddings:
-        """Each input's token vectors before pooling (TEI's ``/embed_all``), in
-        ``token_vectors``: one ``(n_tokens, hidden)`` array per input, special and
-        prompt tokens included. Batched, admitted and timed like ``embed``;
-        ``NotThisTask`` when the backend's graph pools inside (ONNX)."""
-        return await self.embed(
-            inputs,
-            truncate=truncate,
-            timeout=timeout,
-            priority=priority,
-            prompt_name=prompt_name,
-            truncation_direction=truncation_direction,
-            task="tokens",
-        )
-
-    async def tokens(
-        self,
-        texts: Sequence[str],
-        *,
-        prompt_name: str | None = None,
-        special: bool = True,
-    ) -> list[list[TokenPiece]]:
-        """Each text's tokens as the model sees them, uncut, with their places in the
-        text (TEI's ``/tokenize``); the prompt as ``embed`` would use it."""
-        backend = self._require_backend()
-        checked = [text for text in validated_inputs(texts) if isinstance(text, str)]
-        if len(checked) != len(texts):
-            raise InvalidInput("inputs must be strings", param="inputs")
-        prompt = self._prompts.text_for(prompt_name)
-        return await self._offload(
-            lambda: [backend.pieces(text, prompt=prompt, special=special) for text in checked]
-        )
-
-    async def decode(self, ids: Sequence[Sequence[int]], *, skip_special: bool = True) -> list[str]:
-        """The text of each list of token ids (TEI's ``/decode``)."""
-        backend = self._require_backend()
-        return await self._offload(
-            lambda: [backend.decode(row, skip_special=skip_special) for row in ids]
-        )
-
     def admission_limit(self, priority: Priority = "normal") -> int:
         """How many inputs may be admitted in all when a request of ``priority`` arrives
         (the bound for high; less for normal and low, so a flood of those always
         leaves room for high)."""
         return self._admission.limit(priority)
 
-    def embed_stream(
-        self,
-        texts: Sequence[ModelInput],
-        *,
-        normalize: bool | None = None,
-        truncate: bool = False,
-        dimensions: int | None = None,
-        priority: Priority | None = None,
-        chunk_size: int | None = None,
-        in_flight: int = 3,
-        prompt_name: str | None = None,
-        truncation_direction: TruncationDirection = "right",
-    ) -> AsyncGenerator[tuple[int, npt.NDArray[np.float32]], None]:
-        """Embed a long list, yielding ``(index, vector)`` in input order as they are done.
-
-        The list goes through the engine ``chunk_size`` inputs at a time (default:
-        one batch), at most ``in_flight`` chunks admitted at once, so a huge
-        request holds a few batches of queue and results at a time, and other
-        requests interleave with it. Each chunk is admitted like a request: under
-        overload the stream fails with ``Overloaded``. Leaving the iteration (or
-        cancelling) drops the chunks not yet run, counted in ``inputs_dropped``.
-        Deadlines come from the request scope; the other options are ``embed``'s
-        (``streaming.py``).
-        """
-        return chunked_stream(
-            self.embed,
-            validated_inputs(texts),
-            chunk=chunk_size or self._settings.max_batch_size,
-            in_flight=in_flight,
-            on_unsent=self._scheduler.count_dropped,
-            normalize=normalize,
-            truncate=truncate,
-            dimensions=dimensions,
-            priority=priority,
-            prompt_name=prompt_name,
-            truncation_direction=truncation_direction,
-        )
-
     def _admit(
         self,
         size: int,
         backend: Backend,
         width: int,
-        normalize: bool | None,
+        normalize: bool,
         deadline: float | None,
         priority: Priority,
         task: Task = "embed",
@@ -536,7 +514,7 @@ class Engine:
             size,
             backend.dimensions,
             width,
-            backend.normalizes if normalize is None else normalize,
+            normalize,
             scope.request_id if scope else None,
             deadline,
             priority,

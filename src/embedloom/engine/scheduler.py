@@ -27,14 +27,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from embedloom import tracing
-from embedloom.backends.base import Backend, TokenizedInput
+from embedloom.backends.base import Backend, Row, TokenizedInput
 from embedloom.batching import BatchPolicy, plan_batch
 from embedloom.engine.admission import Admission
 from embedloom.engine.api import Embeddings
-from embedloom.engine.work import Job, QueuedInput, Request, finished_vectors
+from embedloom.engine.work import RAGGED_TASKS, Job, QueuedInput, Request, finished_vectors
 from embedloom.errors import BackendError, DeadlineExceeded, EmbedloomError, Unavailable
 from embedloom.sharing import InferenceWorker, ThreadFault
 from embedloom.sharing.worker import Outputs
@@ -271,14 +270,15 @@ class Scheduler:
         self._inference_seconds.observe(seconds)
         self._admission.record_drain(len(taken), seconds)
 
-    def _deliver(self, item: QueuedInput, vector: npt.NDArray[np.float32]) -> None:
+    def _deliver(self, item: QueuedInput, vector: Row) -> None:
         request = item.request
         request.permit.release()
         if request.future.done():
             return
-        if request.task == "tokens":
-            request.token_rows[item.index] = vector
+        if request.task in RAGGED_TASKS:
+            request.rows[item.index] = vector
         else:
+            assert isinstance(vector, np.ndarray)
             request.raw[item.index] = vector
         request.unfinished -= 1
         self._counts["inputs_embedded"] += 1
@@ -291,15 +291,15 @@ class Scheduler:
                 )
             now = self._now()
             started = request.started_at or now
+            rows = [row for row in request.rows if row is not None]
             request.future.set_result(
                 Embeddings(
                     finished_vectors(request.raw, request.dimensions, request.normalize),
                     request.tokens,
                     queue_seconds=max(0.0, started - request.enqueued_at),
                     inference_seconds=max(0.0, now - started),
-                    token_vectors=[row for row in request.token_rows if row is not None]
-                    if request.task == "tokens"
-                    else None,
+                    token_vectors=rows if request.task == "tokens" else None,  # type: ignore[arg-type]
+                    sparse=rows if request.task == "sparse" else None,  # type: ignore[arg-type]
                 )
             )
             self._counts["requests_completed"] += 1

@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from embedloom.backends.base import Backend, ModelInput, Task, TokenizedInput
+from embedloom.backends.base import (
+    Backend,
+    BatchOutputs,
+    ModelInput,
+    Row,
+    Task,
+    TextPair,
+    TokenizedInput,
+)
 from embedloom.engine.admission import Permit
 from embedloom.engine.api import Embeddings
 from embedloom.errors import InvalidInput
@@ -24,6 +32,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import SpanContext
 
 __all__ = [
+    "RAGGED_TASKS",
     "Job",
     "QueuedInput",
     "Request",
@@ -31,12 +40,15 @@ __all__ = [
     "finished_vectors",
     "validated_dimensions",
     "validated_inputs",
+    "validated_pairs",
 ]
 
 # The engine's log, whichever of its modules writes.
 logger = logging.getLogger("embedloom.engine")
 
 Vectors = npt.NDArray[np.float32]
+# Tasks whose answers are ragged: ``Request.rows`` instead of ``Request.raw``.
+RAGGED_TASKS: frozenset[Task] = frozenset({"tokens", "sparse"})
 
 
 class Request:
@@ -58,11 +70,11 @@ class Request:
         "queued_ns",
         "raw",
         "request_id",
+        "rows",
         "span",
         "started_at",
         "task",
         "timer",
-        "token_rows",
         "tokens",
         "unfinished",
     )
@@ -93,9 +105,10 @@ class Request:
         self.deadline = deadline
         self.priority_class = PRIORITIES.index(priority)
         self.timer: asyncio.TimerHandle | None = None
-        # Pooled rows, or (task "tokens") each input's token vectors.
-        self.raw = np.empty((size if task == "embed" else 0, model_dimensions), dtype=np.float32)
-        self.token_rows: list[Vectors | None] = [None] * size if task == "tokens" else []
+        # Rows of the task's width, or (a ragged task) each input's own row.
+        ragged = task in RAGGED_TASKS
+        self.raw = np.empty((0 if ragged else size, model_dimensions), dtype=np.float32)
+        self.rows: list[Row | None] = [None] * size if ragged else []
         self.dimensions = dimensions
         self.normalize = normalize
         self.request_id = request_id
@@ -147,7 +160,7 @@ class Job:
         batch_id: int,
         items: list[QueuedInput],
         loop: asyncio.AbstractEventLoop,
-        on_done: Callable[[Job, Vectors | list[Vectors] | None, BaseException | None, float], None],
+        on_done: Callable[[Job, BatchOutputs | None, BaseException | None, float], None],
     ) -> None:
         self.batch_id = batch_id
         self.items = items
@@ -160,10 +173,15 @@ class Job:
         self._loop = loop
         self._on_done = on_done
 
-    def run(self, backend: Backend, inputs: Sequence[TokenizedInput]) -> Vectors | list[Vectors]:
+    def run(self, backend: Backend, inputs: Sequence[TokenizedInput]) -> BatchOutputs:
         """Run the batch's task on ``backend`` (a batch holds one task: ``plan_batch``)."""
-        if self.items[0].task == "tokens":
-            return backend.embed_tokens(inputs)
+        task = self.items[0].task
+        if task == "tokens":
+            return list(backend.embed_tokens(inputs))
+        if task == "score":
+            return backend.score(inputs)
+        if task == "sparse":
+            return list(backend.embed_sparse(inputs))
         return backend.embed(inputs)
 
     def take_inputs(self) -> Sequence[TokenizedInput]:
@@ -188,7 +206,7 @@ class Job:
 
     def complete(
         self,
-        vectors: Vectors | list[Vectors] | None,
+        vectors: BatchOutputs | None,
         error: BaseException | None,
         seconds: float,
     ) -> None:
@@ -220,6 +238,24 @@ def validated_inputs(inputs: Sequence[ModelInput]) -> list[ModelInput]:
             kind = "an empty string" if texts else "an empty list of token ids"
             raise InvalidInput(f"input {index} is {kind}", param="input")
     return list(inputs)
+
+
+def validated_pairs(pairs: Sequence[TextPair]) -> list[TextPair]:
+    """``pairs`` as a list of (query, document) pairs of non-empty strings, or
+    ``InvalidInput`` naming the first that is not."""
+    if not isinstance(pairs, list | tuple) or not pairs:
+        raise InvalidInput("pairs must be a non-empty list of (query, document)", param="pairs")
+    for index, pair in enumerate(pairs):
+        if (
+            isinstance(pair, str)
+            or not isinstance(pair, Sequence)
+            or len(pair) != 2
+            or not all(isinstance(text, str) and text for text in pair)
+        ):
+            raise InvalidInput(
+                f"pair {index} is not two non-empty strings (query, document)", param="pairs"
+            )
+    return [(query, document) for query, document in pairs]
 
 
 def validated_dimensions(dimensions: int | None, model_dimensions: int) -> int:

@@ -16,11 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
-import numpy as np
-import numpy.typing as npt
-
 from embedloom import tracing
-from embedloom.backends.base import Backend, BackendFactory, TokenizedInput
+from embedloom.backends.base import Backend, BackendFactory, BatchOutputs, TokenizedInput
 from embedloom.offload import start_thread
 from embedloom.scope import batch_scope
 from embedloom.sharing.plan import SharingPlan, Strategy
@@ -43,8 +40,8 @@ logger = logging.getLogger("embedloom.sharing")
 
 _RECENT_SPANS = 256
 
-# What a batch gives back: pooled rows, or each input's token vectors.
-Outputs = npt.NDArray[np.float32] | list[npt.NDArray[np.float32]]
+# What a batch gives back (``backends.base``).
+Outputs = BatchOutputs
 
 
 class BatchJob(Protocol):
@@ -66,7 +63,7 @@ class BatchJob(Protocol):
         ...
 
     def run(self, backend: Backend, inputs: Sequence[TokenizedInput]) -> Outputs:
-        """Run the batch's task on ``backend``: pooled vectors, or per-token ones."""
+        """Run the batch's task on ``backend``: rows in input order."""
         ...
 
     def complete(

@@ -13,7 +13,7 @@ import numpy.typing as npt
 
 from embedloom.backends.base import SparseVector
 from embedloom.tasks import ScoreHead
-from embedloom.variants.gate import GateFigures
+from embedloom.variants.gate import Gate
 
 __all__ = ["Embeddings", "EngineState", "ModelInfo", "Offload"]
 
@@ -68,7 +68,7 @@ class ModelInfo:
     # How the backend and dtype were chosen, and the accuracy gate's figures
     # (None for the fp32 reference itself, or an engine given a backend directly).
     choice_reason: str | None = None
-    gate: GateFigures | None = None
+    gate: Gate | None = None
     pooling: str | None = None  # TEI's name for it: mean, cls, …
     kind: str = "embedding"  # tasks.ModelKind
     score_head: ScoreHead | None = None  # a cross-encoder's labels and activation

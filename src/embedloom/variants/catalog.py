@@ -69,11 +69,18 @@ def requested_variants(backend: str, dtype: str) -> list[Variant]:
 
 
 def unsupported_reason(
-    variant: Variant, device: str, flags: frozenset[str] | None = None
+    variant: Variant,
+    device: str,
+    flags: frozenset[str] | None = None,
+    *,
+    kind: str = "embedding",
 ) -> str | None:
-    """Why ``variant`` cannot run (fast) on ``device``, or None when it can; ``flags``
-    are the CPU's features (default: this machine's)."""
+    """Why ``variant`` cannot run (fast) on ``device`` for a model of ``kind``
+    (``tasks.ModelKind``), or None when it can; ``flags`` are the CPU's features
+    (default: this machine's)."""
     if variant.backend == "onnx":
+        if kind != "embedding":
+            return f"the ONNX export covers embedding models; this is a {kind} model"
         if device != "cpu":
             return "the ONNX backend runs on CPU only"
         from embedloom.backends.onnx import onnxruntime_missing

@@ -38,7 +38,13 @@ from embedloom.variants.catalog import (
     requested_variants,
     unsupported_reason,
 )
-from embedloom.variants.gate import GateFigures, calibration_texts, embed_texts, measure
+from embedloom.variants.gate import (
+    Gate,
+    calibration_texts,
+    gate_from_json,
+    gate_outputs,
+    measure_outputs,
+)
 
 __all__ = ["Candidate", "Choice", "choose_variant", "pick", "try_variants"]
 
@@ -56,7 +62,7 @@ class Candidate:
 
     variant: Variant
     refused: str | None = None
-    gate: GateFigures | None = None
+    gate: Gate | None = None
     sentences_per_second: float | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -73,7 +79,7 @@ class Candidate:
         return cls(
             Variant.parse(data["variant"]),
             data.get("refused"),
-            GateFigures.from_json(gate) if gate else None,
+            gate_from_json(gate) if gate else None,
             data.get("sentences_per_second"),
         )
 
@@ -83,7 +89,7 @@ class Choice:
     """The variant that serves, its gate figures (None for the reference) and why."""
 
     variant: Variant
-    gate: GateFigures | None
+    gate: Gate | None
     reason: str
     candidates: tuple[Candidate, ...] = ()
 
@@ -157,12 +163,17 @@ def try_variants(
     """Run each variant on the calibration set against the fp32 reference; time the
     ones that pass when there is more than one to choose from."""
     texts = list(texts or calibration_texts())
-    reference = embed_texts(open_factory(REFERENCE)(), texts)
+    reference_backend = open_factory(REFERENCE)()
+    kind = reference_backend.kind
+    reference = gate_outputs(reference_backend, texts)
+    del reference_backend
     gc.collect()
     probe = len(variants) > 1
     candidates = []
     for variant in variants:
-        candidate = _try(variant, open_factory, device, texts, reference, probe, probe_seconds)
+        candidate = _try(
+            variant, open_factory, device, kind, texts, reference, probe, probe_seconds
+        )
         candidates.append(candidate)
         gc.collect()  # one variant's model in memory at a time
         logger.info("tried %s", candidate.to_json())
@@ -173,20 +184,25 @@ def _try(
     variant: Variant,
     open_factory: Callable[[Variant], BackendFactory],
     device: str,
+    kind: str,
     texts: list[str],
     reference: Any,
     probe: bool,
     probe_seconds: float,
 ) -> Candidate:
-    if (reason := unsupported_reason(variant, device)) is not None:
+    if (reason := unsupported_reason(variant, device, kind=kind)) is not None:
         return Candidate(variant, refused=reason)
     try:
         backend = open_factory(variant)()
-        vectors = embed_texts(backend, texts)  # also the probe's warm-up
+        vectors = gate_outputs(backend, texts)  # also the probe's warm-up
     except Exception as exc:  # an export or runtime that fails here must not stop the rest
         logger.warning("variant %s failed to run", variant, exc_info=True)
         return Candidate(variant, refused=f"failed to run: {type(exc).__name__}: {exc}")
-    gate = None if variant == REFERENCE else measure(reference, vectors)
+    gate = (
+        None
+        if variant == REFERENCE
+        else measure_outputs(backend, reference, vectors, texts=len(texts))
+    )
     if gate is not None and not gate.passed:
         shortfalls = "; ".join(gate.shortfalls())
         return Candidate(variant, refused=f"failed the accuracy gate: {shortfalls}", gate=gate)
@@ -198,8 +214,7 @@ def _probe(backend: Any, texts: list[str], seconds: float) -> float:
     done = 0
     started = time.perf_counter()
     while (elapsed := time.perf_counter() - started) < seconds or done == 0:
-        embed_texts(backend, texts)
-        done += len(texts)
+        done += len(gate_outputs(backend, texts))
     return done / elapsed
 
 

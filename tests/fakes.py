@@ -28,6 +28,9 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+PAIR_SEPARATOR = "\x1f"
+
+
 class ThreadKiller(BaseException):
     """Not an ``Exception``: nothing on the inference thread catches it, so it ends the
     thread, as a crash in native code or a stray ``SystemExit`` would."""
@@ -46,12 +49,18 @@ class FakeBackend:
         fail_on: str | None = None,
         hang_on: str | None = None,
         die_on: str | None = None,
+        kind: str = "embedding",
     ) -> None:
-        """``fail_on``: a batch holding this text raises (a poisoned input).
+        """``kind``: ``cross-encoder`` scores pairs (each pair read as the text
+        ``query + PAIR_SEPARATOR + document``; its score is that text's signature's
+        first component) instead of embedding.
+        ``fail_on``: a batch holding this text raises (a poisoned input).
         ``hang_on``: a batch holding it blocks until ``unhang()``. ``die_on``: a batch
         holding it raises ``ThreadKiller``, which ends the inference thread."""
         self.max_input_tokens = max_input_tokens
-        self.dimensions = 4
+        self.kind = kind
+        self.tasks: tuple[str, ...] = ("score",) if kind == "cross-encoder" else ("embed", "tokens")
+        self.dimensions = 1 if kind == "cross-encoder" else 4
         self.normalizes = normalizes
         self.batches: list[list[str]] = []
         self.entered: queue.Queue[list[str]] = queue.Queue()
@@ -70,7 +79,6 @@ class FakeBackend:
         return 1
 
     vocab_size = 0x110000  # one token per code point
-    tasks = ("embed", "tokens")
 
     def tokenize(
         self, inputs: Sequence[ModelInput], options: TokenizeOptions = PLAIN
@@ -90,6 +98,17 @@ class FakeBackend:
                 )
             )
         return out
+
+    def tokenize_pairs(
+        self, pairs: Sequence[tuple[str, str]], options: TokenizeOptions = PLAIN
+    ) -> list[TokenizedInput]:
+        return self.tokenize([query + PAIR_SEPARATOR + document for query, document in pairs])
+
+    def score(self, batch: Sequence[TokenizedInput]) -> npt.NDArray[np.float32]:
+        return self.embed(batch)[:, :1]
+
+    def embed_sparse(self, batch: Sequence[TokenizedInput]) -> list[Any]:
+        raise NotImplementedError
 
     def pieces(self, text: str, *, prompt: str = "", special: bool = True) -> list[TokenPiece]:
         whole = prompt + text
@@ -205,7 +224,7 @@ async def running_engine(
     if backend.holds_batches:
         backend.release()  # the warm-up batch
     await engine.start()
-    assert backend.wait_entered() == ["warm up"]
+    assert backend.wait_entered() in (["warm up"], ["warm up" + PAIR_SEPARATOR + "warm up"])
     backend.batches.clear()
     try:
         yield engine

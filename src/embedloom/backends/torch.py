@@ -215,9 +215,9 @@ class PreloadedModel:
             torch.set_num_threads(threads)
         model.eval()
         logger.info(
-            "loaded %s model from %s (%s) in %.2f s",
-            kind,
+            "loaded model from %s (%s, %s) in %.2f s",
             model_dir,
+            kind,
             dtype,
             time.perf_counter() - started,
             extra={"model_dir": str(model_dir), "device": device},

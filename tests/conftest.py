@@ -17,7 +17,13 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from tests.helpers import ServerProcess, build_tiny_bert, sample_texts
+from tests.helpers import (
+    ServerProcess,
+    build_cross_encoder,
+    build_sparse_encoder,
+    build_tiny_bert,
+    sample_texts,
+)
 
 # Nothing in the suite may reach the Hugging Face hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -77,6 +83,32 @@ def second_model_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     return build_tiny_bert(model_dir, tmp_path_factory.mktemp("models") / "tiny-bert")
 
 
+@pytest.fixture(scope="session")
+def reranker_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cross-encoder with one output (``build_cross_encoder``)."""
+    return build_cross_encoder(model_dir, tmp_path_factory.mktemp("models") / "reranker")
+
+
+CLASSIFIER_LABELS = ("negative", "neutral", "positive")
+
+
+@pytest.fixture(scope="session")
+def classifier_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cross-encoder with three labels (``CLASSIFIER_LABELS``)."""
+    return build_cross_encoder(
+        model_dir,
+        tmp_path_factory.mktemp("models") / "classifier",
+        labels=CLASSIFIER_LABELS,
+        seed=12,
+    )
+
+
+@pytest.fixture(scope="session")
+def splade_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sparse (SPLADE) encoder (``build_sparse_encoder``)."""
+    return build_sparse_encoder(model_dir, tmp_path_factory.mktemp("models") / "splade")
+
+
 PROMPTS = {"query": "query: ", "document": "passage: "}
 
 
@@ -117,18 +149,31 @@ def texts() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def server(prompted_model_dir: Path) -> Iterator[ServerProcess]:
+def server(
+    prompted_model_dir: Path,
+    reranker_dir: Path,
+    classifier_dir: Path,
+    splade_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ServerProcess]:
     """One real ``embedloom serve`` on loopback for the read-only API tests: the default
-    model, and the same model with named prompts as ``prompted``."""
+    model, the same model with named prompts as ``prompted``, and a model of each
+    other task: ``reranker``, ``classifier`` and ``splade`` (torch fp32: their
+    variant trial is tested on its own)."""
+    config = tmp_path_factory.mktemp("config") / "models.toml"
+    tables = [
+        '[models."all-MiniLM-L6-v2"]\nmodel = "all-MiniLM-L6-v2"',
+        f'[models.prompted]\nmodel = "{prompted_model_dir}"',
+    ]
+    for name, path in (
+        ("reranker", reranker_dir),
+        ("classifier", classifier_dir),
+        ("splade", splade_dir),
+    ):
+        tables.append(f'[models.{name}]\nmodel = "{path}"\nbackend = "torch"\ndtype = "fp32"')
+    config.write_text("\n\n".join(tables) + "\n")
     with ServerProcess.start(
-        "--log-format",
-        "json",
-        "--log-level",
-        "debug",
-        "--model",
-        "all-MiniLM-L6-v2",
-        "--model",
-        f"prompted={prompted_model_dir}",
+        "--log-format", "json", "--log-level", "debug", "--config", str(config)
     ) as process:
         yield process
 

@@ -73,6 +73,46 @@ def build_tiny_bert(tokenizer_dir: Path, target: Path, *, seed: int = 7) -> Path
     return target
 
 
+def build_cross_encoder(
+    base_dir: Path, target: Path, *, labels: tuple[str, ...] = (), seed: int = 11
+) -> Path:
+    """A cross-encoder no package ships: ``base_dir``'s encoder (the packaged MiniLM,
+    so shapes, speed and tokenisation are a real MiniLM cross-encoder's) with a new
+    sequence-classification head of seeded random weights, saved at ``target`` as
+    sentence-transformers saves a ``CrossEncoder``; one output (a reranker) unless
+    ``labels`` names several (a classifier). Its scores mean nothing: it proves
+    plumbing, not quality."""
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    torch.manual_seed(seed)
+    model = CrossEncoder(
+        str(base_dir), num_labels=max(1, len(labels)), max_length=256, device="cpu"
+    )
+    if labels:
+        model.config.id2label = dict(enumerate(labels))
+        model.config.label2id = {label: i for i, label in enumerate(labels)}
+    model.save(str(target))
+    return target
+
+
+def build_sparse_encoder(base_dir: Path, target: Path, *, seed: int = 13) -> Path:
+    """A SPLADE model no package ships: ``base_dir``'s encoder with a masked-LM head
+    of seeded random weights and a bias of -4, so that, as in a trained SPLADE
+    model, most of the vocabulary stays zero (about 100 of 30,522 entries are
+    not), saved at ``target`` as a ``SparseEncoder``."""
+    import torch
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.sparse_encoder.modules import MLMTransformer, SpladePooling
+
+    torch.manual_seed(seed)
+    mlm = MLMTransformer(str(base_dir), max_seq_length=256)
+    with torch.no_grad():
+        mlm.auto_model.cls.predictions.bias.fill_(-4.0)
+    SparseEncoder(modules=[mlm, SpladePooling("max")], device="cpu").save(str(target))
+    return target
+
+
 def metric_value(text: str, sample: str, **labels: str) -> float:
     """The sum of ``/metrics`` samples named ``sample`` whose labels include ``labels``
     (0 when there is none yet): one figure over every model unless a label picks one."""

@@ -59,7 +59,17 @@ def check_answer(path: str, status: int, body: Any) -> None:
 
 @pytest.mark.parametrize("mode", list(GenerationMode), ids=lambda m: m.value)
 @pytest.mark.parametrize(
-    "route", ["/v1/embeddings", "/embed", "/v2/embed", "/tokenize", "/decode", "/similarity"]
+    "route",
+    [
+        "/v1/embeddings",
+        "/embed",
+        "/v2/embed",
+        "/tokenize",
+        "/decode",
+        "/similarity",
+        "/rerank",
+        "/v2/rerank",
+    ],
 )
 def test_schema_generated_requests_never_get_a_5xx(
     server: ServerProcess, route: str, mode: GenerationMode

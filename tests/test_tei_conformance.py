@@ -39,6 +39,26 @@ TEI_REQUESTS: dict[str, dict[str, str]] = {
     "/tokenize": {"inputs": "input", "add_special_tokens": "boolean", "prompt_name": "string"},
     "/decode": {"ids": "ids", "skip_special_tokens": "boolean"},
     "/similarity": {"inputs": "similarity_input", "parameters": "similarity_parameters"},
+    "/rerank": {
+        "query": "string",
+        "texts": "array",
+        "raw_scores": "boolean",
+        "return_text": "boolean",
+        "truncate": "boolean",
+        "truncation_direction": "direction",
+    },
+    "/predict": {
+        "inputs": "predict_input",
+        "raw_scores": "boolean",
+        "truncate": "boolean",
+        "truncation_direction": "direction",
+    },
+    "/embed_sparse": {
+        "inputs": "input",
+        "prompt_name": "string",
+        "truncate": "boolean",
+        "truncation_direction": "direction",
+    },
     "/v1/embeddings": {
         "input": "input",
         "model": "string",
@@ -48,8 +68,11 @@ TEI_REQUESTS: dict[str, dict[str, str]] = {
 }
 # Routes TEI serves with /embed's body and answer.
 TEI_EMBED_ALIASES = ("/", "/invocations")
-# TEI's routes for other model tasks, and what embedloom answers for them here.
-TEI_REFUSED = {"/embed_sparse": 400, "/predict": 400, "/rerank": 400}
+# TEI's routes for other model tasks asked of the default (embedding) model: TEI
+# answers 424 from a server of the wrong kind; embedloom serves several models, so
+# it is the request that names the wrong one (400, saying what the model does).
+# /rerank is not here: an embedding model ranks by cosine.
+TEI_REFUSED = {"/embed_sparse": 400, "/predict": 400}
 TEI_INFO_REQUIRED = {
     "model_id": str,
     "model_dtype": str,
@@ -80,6 +103,18 @@ VALID_BODIES: dict[str, dict[str, Any]] = {
         "parameters": {"truncate": True, "truncation_direction": "Left"},
     },
     "/v1/embeddings": {"input": "a", "model": "all-MiniLM-L6-v2", "encoding_format": "float"},
+    # TEI serves one model, so its bodies name none: "model" picks one of ours.
+    "/rerank": {
+        "query": "a",
+        "texts": ["b", "c d"],
+        "return_text": True,
+        "raw_scores": False,
+        "truncate": True,
+        "truncation_direction": "right",
+        "model": "reranker",
+    },
+    "/predict": {"inputs": ["a", "b"], "raw_scores": False, "model": "classifier"},
+    "/embed_sparse": {"inputs": ["a b", "c"], "truncate": True, "model": "splade"},
 }
 
 
@@ -142,6 +177,22 @@ def test_each_route_answers_a_tei_body_in_tei_shape(client: httpx.Client, path: 
     elif path == "/similarity":
         assert len(answer) == 2
         assert all(-1 <= v <= 1 for v in answer)
+    elif path == "/rerank":
+        assert sorted(entry["index"] for entry in answer) == [0, 1]
+        for entry in answer:
+            assert set(entry) == {"index", "score", "text"}
+            assert 0 <= entry["score"] <= 1  # a sigmoid of the model's one output
+        assert [e["score"] for e in answer] == sorted((e["score"] for e in answer), reverse=True)
+    elif path == "/predict":
+        # A two-text list is one pair, as TEI reads it: one answer, every label.
+        assert {entry["label"] for entry in answer} == {"negative", "neutral", "positive"}
+        assert sum(entry["score"] for entry in answer) == pytest.approx(1, abs=1e-5)
+    elif path == "/embed_sparse":
+        assert len(answer) == 2
+        for vector in answer:
+            assert vector
+            assert all(set(entry) == {"index", "value"} for entry in vector)
+            assert all(entry["value"] > 0 for entry in vector)
     else:
         assert {"object", "data", "model", "usage"} <= set(answer)
         assert {"prompt_tokens", "total_tokens"} <= set(answer["usage"])
@@ -170,7 +221,8 @@ def test_routes_for_other_tasks_are_refused_clearly(
     assert reply.status_code == status
     body = reply.json()
     assert set(body) == {"error", "error_type"}
-    assert path in body["error"]
+    assert "all-MiniLM-L6-v2 is an embedding model" in body["error"], body
+    assert "/embed" in body["error"]  # what it can do instead
 
 
 def test_ping_and_health(client: httpx.Client) -> None:
@@ -197,6 +249,9 @@ ERROR_BODIES = {"/v1/": "OpenAIErrorBody", "/v2/": "CohereErrorBody", "/": "TEIE
         "/embed_all",
         "/embed_stream",
         "/similarity",
+        "/rerank",
+        "/predict",
+        "/embed_sparse",
         "/v1/embeddings",
         "/v2/embed",
         "/tokenize",

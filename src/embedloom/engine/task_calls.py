@@ -6,6 +6,7 @@ task goes through the same admission, batcher, deadlines and compute slots."""
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
@@ -84,7 +85,7 @@ class TaskCalls:
 
     async def score(
         self: _Engine,
-        pairs: Sequence[TextPair],
+        inputs: Sequence[str | TextPair],
         *,
         truncate: bool = False,
         truncation_direction: TruncationDirection = "right",
@@ -92,22 +93,31 @@ class TaskCalls:
         timeout: float | None = None,  # noqa: ASYNC109
         priority: Priority | None = None,
     ) -> Embeddings:
-        """A cross-encoder's raw scores of (query, document) pairs, one row per pair
+        """A cross-encoder's raw scores of texts or (query, document) pairs, one row each
         (its labels wide) in ``vectors``, before the activation (``tasks.activate``
-        with ``model_info.score_head``). Each pair is one input to the batcher and
-        to admission; an over-long pair is cut as ``CrossEncoder`` cuts it (the
-        longer text first), or refused unless ``truncate``;
+        with ``model_info.score_head``). Each text or pair is one input to the
+        batcher and to admission; an over-long one is cut as ``CrossEncoder`` cuts
+        it (of a pair, the longer text first), or refused unless ``truncate``;
         ``max_document_tokens`` cuts each document first. ``NotThisTask`` unless
         the model is a cross-encoder. The other options are ``embed``'s."""
         backend = self._backend_for("score")
-        pairs = validated_pairs(pairs)
+        items = validated_pairs(inputs)
         options = TokenizeOptions(
             left=truncation_direction == "left", max_tokens=max_document_tokens
         )
+
+        def tokenize() -> list[TokenizedInput]:
+            return [
+                backend.tokenize([item], replace(options, max_tokens=None))[0]
+                if isinstance(item, str)
+                else backend.tokenize_pairs([item], options)[0]
+                for item in items
+            ]
+
         return await self._submit(
             "score",
-            len(pairs),
-            lambda: backend.tokenize_pairs(pairs, options),
+            len(items),
+            tokenize,
             width=backend.dimensions,
             normalize=False,
             truncate=truncate,

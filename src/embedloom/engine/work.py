@@ -240,22 +240,28 @@ def validated_inputs(inputs: Sequence[ModelInput]) -> list[ModelInput]:
     return list(inputs)
 
 
-def validated_pairs(pairs: Sequence[TextPair]) -> list[TextPair]:
-    """``pairs`` as a list of (query, document) pairs of non-empty strings, or
-    ``InvalidInput`` naming the first that is not."""
-    if not isinstance(pairs, list | tuple) or not pairs:
-        raise InvalidInput("pairs must be a non-empty list of (query, document)", param="pairs")
-    for index, pair in enumerate(pairs):
-        if (
-            isinstance(pair, str)
-            or not isinstance(pair, Sequence)
-            or len(pair) != 2
-            or not all(isinstance(text, str) and text for text in pair)
+def validated_pairs(items: Sequence[str | TextPair]) -> list[str | TextPair]:
+    """``items`` as a list of texts or (query, document) pairs of non-empty strings
+    (what a cross-encoder scores), or ``InvalidInput`` naming the first that is not."""
+    if not isinstance(items, list | tuple) or not items:
+        raise InvalidInput(
+            "input must be a non-empty list of texts or (query, document) pairs", param="input"
+        )
+    checked: list[str | TextPair] = []
+    for index, item in enumerate(items):
+        if isinstance(item, str) and item:
+            checked.append(item)
+        elif (
+            isinstance(item, list | tuple)
+            and len(item) == 2
+            and all(isinstance(text, str) and text for text in item)
         ):
+            checked.append((item[0], item[1]))
+        else:
             raise InvalidInput(
-                f"pair {index} is not two non-empty strings (query, document)", param="pairs"
+                f"input {index} is neither a non-empty text nor a pair of them", param="input"
             )
-    return [(query, document) for query, document in pairs]
+    return checked
 
 
 def validated_dimensions(dimensions: int | None, model_dimensions: int) -> int:

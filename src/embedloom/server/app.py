@@ -19,7 +19,7 @@ from embedloom.config import Settings
 from embedloom.engine import Engine
 from embedloom.errors import EmbedloomError, InvalidInput
 from embedloom.registry import Registry
-from embedloom.server import cohere, openai, ops, stream, tei
+from embedloom.server import classify, cohere, openai, ops, rerank, stream, tei
 from embedloom.server.docs import install_docs
 from embedloom.server.errors import refusal_for_status, response_for
 from embedloom.server.guard import RequestGuard, load_api_keys
@@ -82,6 +82,8 @@ def create_app(
     app.include_router(openai.router)
     app.include_router(tei.router)
     app.include_router(cohere.router)
+    app.include_router(rerank.router)
+    app.include_router(classify.router)
     app.include_router(stream.router)
     app.include_router(ops.router)
     api_keys = load_api_keys(settings)

@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from embedloom.errors import InvalidInput
 from embedloom.quantize import EmbeddingType
-from embedloom.scope import Priority, current_scope
+from embedloom.scope import Priority
 from embedloom.server.errors import EMBEDDING_ERRORS, error_responses
 from embedloom.server.schemas import Dimensions, parse_body
 from embedloom.server.state import (
@@ -27,6 +27,7 @@ from embedloom.server.state import (
     embed_for_request,
     json_answer,
     json_body,
+    request_id,
     server_state,
 )
 
@@ -116,15 +117,10 @@ async def embed(request: Request) -> Response:
             f"were embedded as without an input_type (its prompts: {answer.model_prompts})"
         ]
     payload = {
-        "id": _request_id(request),
+        "id": request_id(),
         "embeddings": dict(answer.encoded),
         "texts": body.texts,
         "meta": meta,
         "response_type": "embeddings_by_type",
     }
     return json_answer(payload, answer.result)
-
-
-def _request_id(request: Request) -> str:
-    scope = current_scope()
-    return scope.request_id if scope else ""

@@ -53,7 +53,7 @@ async def info(request: Request) -> dict[str, Any]:
         # TEI's required fields, for the default model (docs/compatibility.md says
         # how each maps onto embedloom's settings).
         "served_model_name": default["name"],
-        "model_type": {"embedding": {"pooling": default["pooling"] or "mean"}},
+        "model_type": _tei_model_type(default),
         "model_sha": None,
         "max_concurrent_requests": default["max_queued_inputs"],
         "max_batch_requests": default["max_batch_size"],
@@ -90,6 +90,22 @@ async def metrics(request: Request) -> Response:
 _STARTED = int(time.time())
 
 
+_ROUTES_OF = {
+    "embedding": ["embed", "rerank (bi-encoder)", "similarity", "embed_all"],
+    "cross-encoder": ["rerank", "predict", "score"],
+    "sparse": ["embed_sparse"],
+}
+
+
+def _tei_model_type(model: dict[str, Any]) -> dict[str, Any]:
+    """TEI's ``model_type`` for a model's /info entry: a reranker (one label), a
+    classifier, or an embedding model with its pooling (SPLADE's: ``splade``)."""
+    if model["kind"] == "cross-encoder":
+        labels = model["labels"] or {}
+        return {("reranker" if len(labels) == 1 else "classifier"): {"id2label": labels}}
+    return {"embedding": {"pooling": model["pooling"] or "mean"}}
+
+
 def _model(registry: Registry, status: ModelStatus) -> dict[str, Any]:
     """One model's entry in /info; what only a loaded model knows is null otherwise."""
     settings = registry.settings_of(status.name)
@@ -105,6 +121,9 @@ def _model(registry: Registry, status: ModelStatus) -> dict[str, Any]:
         "max_input_length": None,
         "normalizes": None,
         "pooling": None,
+        "kind": None,
+        "tasks": None,
+        "labels": None,
         "prompts": None,
         "default_prompt_name": None,
         "max_batch_tokens": settings.max_batch_tokens,
@@ -135,6 +154,10 @@ def _model(registry: Registry, status: ModelStatus) -> dict[str, Any]:
         "max_input_length": model.max_input_tokens,
         "normalizes": model.normalizes,
         "pooling": model.pooling,
+        # The model's kind (embedding, cross-encoder, sparse) and what it answers.
+        "kind": model.kind,
+        "tasks": _ROUTES_OF[model.kind],
+        "labels": model.score_head.id2label if model.score_head else None,
         "prompts": dict(engine.prompts.prompts),
         "default_prompt_name": engine.prompts.default_name,
         "sharing": worker.strategy,

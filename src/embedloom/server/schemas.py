@@ -23,6 +23,7 @@ __all__ = [
     "DecodeRequest",
     "EmbedAllRequest",
     "EmbedRequest",
+    "EmbedSparseRequest",
     "EmbeddingData",
     "EmbeddingRequest",
     "EmbeddingResponse",
@@ -30,6 +31,7 @@ __all__ = [
     "SimpleToken",
     "TokenizeRequest",
     "Usage",
+    "body_fields",
     "parse_body",
 ]
 
@@ -236,6 +238,10 @@ class EmbedAllRequest(BaseModel):
     model: str | None = None
 
 
+class EmbedSparseRequest(EmbedAllRequest):
+    """TEI ``POST /embed_sparse``: each input's sparse vector."""
+
+
 class TokenizeRequest(BaseModel):
     """TEI ``POST /tokenize``."""
 
@@ -311,13 +317,19 @@ class SimilarityRequest(BaseModel):
 Model = TypeVar("Model", bound=BaseModel)
 
 
-def parse_body(body: bytes, model: type[Model]) -> Model:
+def body_fields(body: bytes) -> dict[str, Any]:
+    """The request body's JSON object, or ``InvalidInput`` saying why it is not one."""
     try:
         data: Any = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"the request body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise InvalidInput(f"the request body must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+def parse_body(body: bytes, model: type[Model]) -> Model:
+    data = body_fields(body)
     # Fields outside the route's dialect are ignored (clients send extras, such as
     # a provider's own options); every field of the dialect is honoured or refused.
     ignored = sorted(set(data) - set(model.model_fields))

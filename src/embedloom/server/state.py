@@ -4,7 +4,7 @@ to await an engine that gives up when the client goes away."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -31,7 +31,9 @@ __all__ = [
     "embed_for_request",
     "json_answer",
     "json_body",
+    "on_model",
     "quantization_ranges",
+    "request_id",
     "server_state",
     "timing_headers",
     "unless_disconnected",
@@ -83,44 +85,61 @@ class EmbedAnswer:
     model_prompts: str = ""
 
 
-async def embed_for_request(request: Request, call: EmbedCall) -> EmbedAnswer:
-    """What every embedding route does once the body is parsed: enforce the
-    per-request limit, apply the server's truncation default, run model
-    ``call.model``'s engine (None: the default model's) for as long as the client
-    is still there, and encode the vectors as asked."""
+async def on_model(
+    request: Request,
+    model: str | None,
+    count: int,
+    work: Callable[[Engine, float | None], Awaitable[T]],
+) -> T:
+    """What every route that runs a model does once its body is parsed: enforce the
+    per-request limit on ``count`` inputs, and run ``work(engine, default_timeout)``
+    on model ``model``'s engine (None: the default model's) for as long as the
+    client is still there; ``default_timeout`` is the server's default deadline, or
+    None when the client sent its own."""
     state = server_state(request)
     limit = state.settings.max_client_batch_size
-    if len(call.inputs) > limit:
-        raise TooManyInputs(count=len(call.inputs), limit=limit)
+    if count > limit:
+        raise TooManyInputs(count=count, limit=limit)
     scope = current_scope()
-    # The server's default deadline, unless the client sent its own.
-    default_timeout = state.settings.request_timeout or None
+    timeout = state.settings.request_timeout or None
+    if scope is not None and scope.deadline is not None:
+        timeout = None
 
-    async def embed() -> EmbedAnswer:
-        async with state.registry.use(call.model) as engine:
-            prompts = engine.prompts.prompts
-            prompt_name = call.prompt_name or next(
-                (name for name in call.prompt_candidates if name in prompts), None
-            )
-            result = await engine.embed(
-                call.inputs,
-                normalize=call.normalize,
-                truncate=state.settings.auto_truncate if call.truncate is None else call.truncate,
-                dimensions=call.dimensions,
-                timeout=default_timeout if scope is None or scope.deadline is None else None,
-                prompt_name=prompt_name,
-                truncation_direction=call.truncation_direction,
-                max_tokens=call.max_tokens,
-                priority=call.priority,
-            )
-            ranges = await quantization_ranges(
-                state, engine, call.encodings, result.vectors.shape[1], call.normalize
-            )
-            listed = engine.prompts.listed()
+    async def run() -> T:
+        async with state.registry.use(model) as engine:
+            return await work(engine, timeout)
+
+    return await unless_disconnected(request, run())
+
+
+async def embed_for_request(request: Request, call: EmbedCall) -> EmbedAnswer:
+    """An embedding route's work once the body is parsed (``on_model``): embed with
+    the server's truncation default, and encode the vectors as asked."""
+    state = server_state(request)
+
+    async def embed(engine: Engine, default_timeout: float | None) -> EmbedAnswer:
+        prompts = engine.prompts.prompts
+        prompt_name = call.prompt_name or next(
+            (name for name in call.prompt_candidates if name in prompts), None
+        )
+        result = await engine.embed(
+            call.inputs,
+            normalize=call.normalize,
+            truncate=state.settings.auto_truncate if call.truncate is None else call.truncate,
+            dimensions=call.dimensions,
+            timeout=default_timeout,
+            prompt_name=prompt_name,
+            truncation_direction=call.truncation_direction,
+            max_tokens=call.max_tokens,
+            priority=call.priority,
+        )
+        ranges = await quantization_ranges(
+            state, engine, call.encodings, result.vectors.shape[1], call.normalize
+        )
         encoded = {kind: encode_vectors(result.vectors, kind, ranges) for kind in call.encodings}
-        return EmbedAnswer(result, encoded, prompt_name, listed)
+        return EmbedAnswer(result, encoded, prompt_name, engine.prompts.listed())
 
-    return await unless_disconnected(request, embed())
+    return await on_model(request, call.model, len(call.inputs), embed)
 
 
 async def quantization_ranges(
@@ -138,6 +157,12 @@ async def quantization_ranges(
     return calibration.ranges(
         width, engine.model_info.normalizes if normalize is None else normalize
     )
+
+
+def request_id() -> str:
+    """The current request's id (its scope's), as the bodies of Cohere-like APIs carry it."""
+    scope = current_scope()
+    return scope.request_id if scope else ""
 
 
 def timing_headers(result: Embeddings) -> dict[str, str]:

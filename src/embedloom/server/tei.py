@@ -1,7 +1,10 @@
-"""The text-embeddings-inference API: ``POST /embed`` (also at ``/`` and
-``/invocations``, where TEI routes to its model's task), ``/tokenize``,
-``/decode``, ``/similarity``, ``/embed_all``, ``GET /ping``; the routes of other
-model tasks answer 400 naming the task (TEI: 424).
+"""The text-embeddings-inference API: ``POST /embed``, ``/embed_sparse``,
+``/tokenize``, ``/decode``, ``/similarity``, ``/embed_all``, ``GET /ping``, and
+``POST /`` and ``/invocations``, which go to the model's task as TEI's do
+(embed, rerank or predict, embed_sparse). ``/rerank`` and ``/predict`` are in
+``rerank`` and ``classify``. A route asked of a model that cannot do its task
+answers 400 naming what the model does (TEI: 424, its status for a failed
+inference too; the request is what is wrong here).
 """
 
 from __future__ import annotations
@@ -10,16 +13,19 @@ import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from embedloom.engine import Embeddings
-from embedloom.errors import NotThisTask, TooManyInputs
+from embedloom.engine import Embeddings, Engine
+from embedloom.server.classify import predict
 from embedloom.server.errors import EMBEDDING_ERRORS, TOKENIZER_ERRORS, error_responses
+from embedloom.server.rerank import tei_rerank
 from embedloom.server.schemas import (
     DecodeRequest,
     EmbedAllRequest,
     EmbedRequest,
+    EmbedSparseRequest,
     SimilarityRequest,
     SimpleToken,
     TokenizeRequest,
+    body_fields,
     parse_body,
 )
 from embedloom.server.state import (
@@ -27,6 +33,7 @@ from embedloom.server.state import (
     embed_for_request,
     json_answer,
     json_body,
+    on_model,
     server_state,
     unless_disconnected,
 )
@@ -55,20 +62,44 @@ async def embed(request: Request) -> Response:
     return json_answer(encoded, answer.result)
 
 
+router.add_api_route(
+    "/embed",
+    embed,
+    methods=["POST"],
+    response_model=None,
+    summary="Embed inputs (TEI-compatible)",
+    responses={200: {"model": list[list[float]]}, **error_responses("/embed", EMBEDDING_ERRORS)},
+    openapi_extra=json_body(EmbedRequest),
+)
+
+
+async def model_task(request: Request) -> Response:
+    """TEI's route to the model's task: embed for an embedding model, embed_sparse
+    for a sparse one, rerank (a body with ``query``) or predict for a cross-encoder."""
+    fields = body_fields(await request.body())
+    model = fields.get("model") if isinstance(fields.get("model"), str) else None
+    async with server_state(request).registry.use(model) as engine:
+        kind = engine.model_info.kind
+    if kind == "sparse":
+        return await embed_sparse(request)
+    if kind == "cross-encoder":
+        return await (tei_rerank(request) if "query" in fields else predict(request))
+    return await embed(request)
+
+
 for _path, _summary in (
-    ("/embed", "Embed inputs (TEI-compatible)"),
-    ("/", "Embed inputs: TEI's route to the model's task, here embedding"),
-    ("/invocations", "Embed inputs: TEI's SageMaker route to the model's task"),
+    ("/", "TEI's route to the model's task: embed, embed_sparse, rerank or predict"),
+    ("/invocations", "TEI's SageMaker route to the model's task, as POST /"),
 ):
     router.add_api_route(
         _path,
-        embed,
+        model_task,
         methods=["POST"],
         response_model=None,
         summary=_summary,
-        responses={200: {"model": list[list[float]]}, **error_responses(_path, EMBEDDING_ERRORS)},
+        responses=error_responses(_path, (400, *EMBEDDING_ERRORS)),
         openapi_extra=json_body(EmbedRequest),
-        operation_id="embed" + _path.replace("/", "_"),
+        operation_id="model_task" + _path.replace("/", "_"),
     )
 
 
@@ -150,22 +181,6 @@ async def ping() -> dict[str, str]:
     return {"status": "ok"}
 
 
-_OTHER_TASKS = {
-    "/rerank": "a re-ranker (a cross-encoder with one output)",
-    "/predict": "a sequence-classification model",
-    "/embed_sparse": "a sparse (SPLADE) embedding model",
-}
-
-
-async def other_task(request: Request) -> Response:
-    state = server_state(request)
-    served = state.registry.served_name(None)
-    raise NotThisTask(
-        f"{request.url.path} needs {_OTHER_TASKS[request.url.path]}; model {served} is an "
-        "embedding model (POST /embed)"
-    )
-
-
 @router.post(
     "/embed_all",
     response_model=None,
@@ -179,30 +194,44 @@ async def other_task(request: Request) -> Response:
 async def embed_all(request: Request) -> Response:
     body = parse_body(await request.body(), EmbedAllRequest)
     state = server_state(request)
-    limit = state.settings.max_client_batch_size
-    if len(body.inputs) > limit:
-        raise TooManyInputs(count=len(body.inputs), limit=limit)
 
-    async def run() -> Embeddings:
-        async with state.registry.use(body.model) as engine:
-            return await engine.embed_tokens(
-                body.inputs,
-                truncate=state.settings.auto_truncate if body.truncate is None else body.truncate,
-                prompt_name=body.prompt_name,
-                truncation_direction=body.truncation_direction,
-            )
+    async def run(engine: Engine, default_timeout: float | None) -> Embeddings:
+        return await engine.embed_tokens(
+            body.inputs,
+            truncate=state.settings.auto_truncate if body.truncate is None else body.truncate,
+            prompt_name=body.prompt_name,
+            truncation_direction=body.truncation_direction,
+            timeout=default_timeout,
+        )
 
-    result = await unless_disconnected(request, run())
+    result = await on_model(request, body.model, len(body.inputs), run)
     return json_answer(result.token_vectors, result)
 
 
-for _path in _OTHER_TASKS:
-    router.add_api_route(
-        _path,
-        other_task,
-        methods=["POST"],
-        response_model=None,
-        summary=f"400: {_OTHER_TASKS[_path]} task, which no model served here has",
-        responses=error_responses(_path, (400,)),
-        operation_id="other_task" + _path.replace("/", "_"),
-    )
+@router.post(
+    "/embed_sparse",
+    response_model=None,
+    summary="Sparse vectors: each input's non-zero entries (TEI-compatible)",
+    responses=error_responses("/embed_sparse", (400, *EMBEDDING_ERRORS)),
+    openapi_extra=json_body(EmbedSparseRequest),
+)
+async def embed_sparse(request: Request) -> Response:
+    body = parse_body(await request.body(), EmbedSparseRequest)
+    state = server_state(request)
+
+    async def run(engine: Engine, default_timeout: float | None) -> Embeddings:
+        return await engine.embed_sparse(
+            body.inputs,
+            truncate=state.settings.auto_truncate if body.truncate is None else body.truncate,
+            truncation_direction=body.truncation_direction,
+            prompt_name=body.prompt_name,
+            timeout=default_timeout,
+        )
+
+    result = await on_model(request, body.model, len(body.inputs), run)
+    assert result.sparse is not None
+    answer = [
+        [{"index": int(i), "value": float(v)} for i, v in zip(row.indices, row.values, strict=True)]
+        for row in result.sparse
+    ]
+    return json_answer(answer, result)

@@ -93,6 +93,7 @@ class Scheduler:
                 "inputs_embedded",
                 "inputs_dropped",
                 "batches_run",
+                "batches_shared",
                 "input_tokens",
                 "padded_tokens",
             ),
@@ -264,6 +265,9 @@ class Scheduler:
     def _record_batch(self, taken: list[QueuedInput], seconds: float) -> None:
         padded = max(item.n_tokens for item in taken) * len(taken)
         self._counts["batches_run"] += 1
+        first = taken[0].request
+        if any(item.request is not first for item in taken):
+            self._counts["batches_shared"] += 1
         self._counts["padded_tokens"] += padded
         self._batch_size.observe(len(taken))
         self._batch_tokens.observe(padded)

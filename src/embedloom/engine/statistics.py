@@ -29,6 +29,7 @@ class EngineStatistics:
     inputs_embedded: int
     inputs_dropped: int
     batches_run: int
+    batches_shared: int  # of batches_run, those holding inputs of several requests
     input_tokens: int
     padded_tokens: int
     batch_size: HistogramSnapshot

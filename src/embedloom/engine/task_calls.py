@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -107,12 +107,20 @@ class TaskCalls:
         )
 
         def tokenize() -> list[TokenizedInput]:
-            return [
-                backend.tokenize([item], replace(options, max_tokens=None))[0]
-                if isinstance(item, str)
-                else backend.tokenize_pairs([item], options)[0]
-                for item in items
-            ]
+            # One tokenizer call for the texts and one for the pairs, not one per item.
+            texts = [i for i, item in enumerate(items) if isinstance(item, str)]
+            pairs = [i for i, item in enumerate(items) if not isinstance(item, str)]
+            out: list[TokenizedInput | None] = [None] * len(items)
+            if texts:
+                single = replace(options, max_tokens=None)
+                done = backend.tokenize([cast(str, items[i]) for i in texts], single)
+                for i, tokens in zip(texts, done, strict=True):
+                    out[i] = tokens
+            if pairs:
+                done = backend.tokenize_pairs([cast(TextPair, items[i]) for i in pairs], options)
+                for i, tokens in zip(pairs, done, strict=True):
+                    out[i] = tokens
+            return cast(list[TokenizedInput], out)
 
         return await self._submit(
             "score",

@@ -215,6 +215,12 @@ def _engine_counters(stats: EngineStatistics) -> Iterable[tuple[str, str, str, f
         ),
         ("embedloom_batches", "batches run by the model", "", stats.batches_run),
         (
+            "embedloom_batches_shared",
+            "batches that held inputs of more than one request",
+            "",
+            stats.batches_shared,
+        ),
+        (
             "embedloom_batches_split",
             "failed batches split in two and retried, to isolate a bad input",
             "",

@@ -334,3 +334,50 @@ def test_memory_does_not_grow_with_the_input(tmp_path: Path) -> None:
     # as float32, more as Arrow or Python lists) would show here. Measured under
     # load with two arenas: +20 MB (pyarrow's pools and the Parquet assembly).
     assert large <= small + 35, (small, large)
+
+
+def test_a_sparse_model_writes_its_non_zero_indices_and_values(
+    tmp_path: Path, splade_dir: Path
+) -> None:
+    from sentence_transformers import SparseEncoder
+
+    texts = TEXTS[:80]
+    source = write_input(tmp_path, "jsonl", texts)
+    settings = Settings(model=(str(splade_dir),), backend="torch", dtype="fp32")
+    summary = job(tmp_path, source, "out.parquet", id_field="id", settings=settings)
+    assert summary.rows == len(texts)
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.column_names == ["row", "id", "indices", "values"]
+    assert table.column("row").to_pylist() == list(range(len(texts)))
+    expected = SparseEncoder(str(splade_dir), device="cpu").encode(texts).to_dense().numpy()
+    for row, indices, values in zip(
+        expected,
+        table.column("indices").to_pylist(),
+        table.column("values").to_pylist(),
+        strict=True,
+    ):
+        assert indices == np.flatnonzero(row).tolist()
+        np.testing.assert_allclose(values, row[indices], atol=1e-5)
+    with pytest.raises(InvalidInput, match=r"use -o FILE\.parquet"):
+        job(tmp_path, source, "out.npy", settings=settings)
+    assert not (tmp_path / "out.npy.partial").exists()
+
+
+def test_a_cross_encoder_is_refused_by_the_batch_job_in_one_line(
+    tmp_path: Path, reranker_dir: Path
+) -> None:
+    source = write_input(tmp_path, "txt", TEXTS[:5])
+    out = tmp_path / "out.parquet"
+    result = subprocess.run(
+        [EMBEDLOOM, "embed", str(source), "-o", str(out), "--model", str(reranker_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("embedloom: ")
+    assert "is a cross-encoder" in line
+    assert "POST /rerank" in line
+    assert not out.exists()
+    assert not out.with_name("out.parquet.partial").exists()

@@ -15,6 +15,7 @@ from typing import Any, Literal, Self, TypeVar, overload
 import numpy as np
 import numpy.typing as npt
 
+from embedloom.backends.base import SparseVector
 from embedloom.config import Settings
 from embedloom.engine import Engine, EngineStatistics, ModelInfo
 from embedloom.offload import start_thread
@@ -109,6 +110,23 @@ class Embedder:
         vectors = self._call(self._embed_chunked(batch, **options))
         return vectors[0] if single else vectors
 
+    def embed_sparse(
+        self,
+        texts: Sequence[str],
+        *,
+        truncate: bool = True,
+        prompt_name: str | None = None,
+        truncation_direction: Literal["right", "left"] = "right",
+    ) -> list[SparseVector]:
+        """A sparse (SPLADE) model's vectors for ``texts``: the non-zero entries of
+        each, as ``SparseEncoder.encode`` gives them (see ``Engine.embed_sparse``)."""
+        options = {
+            "truncate": truncate,
+            "prompt_name": prompt_name,
+            "truncation_direction": truncation_direction,
+        }
+        return self._call(self._sparse_chunked(list(texts), **options))
+
     @property
     def model_info(self) -> ModelInfo:
         return self._engine.model_info
@@ -143,6 +161,18 @@ class Embedder:
 
         parts = await asyncio.gather(*(one(chunk) for chunk in chunks))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    async def _sparse_chunked(self, texts: list[str], **options: Any) -> list[SparseVector]:
+        chunks = [texts[i : i + self._chunk] for i in range(0, len(texts), self._chunk)]
+
+        async def one(chunk: list[str]) -> list[SparseVector]:
+            async with self._slots:
+                result = await self._engine.embed_sparse(chunk, **options)
+                assert result.sparse is not None
+                return result.sparse
+
+        parts = await asyncio.gather(*(one(chunk) for chunk in chunks))
+        return [vector for part in parts for vector in part]
 
     def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
         if self._closed.is_set() and not self._thread.is_alive():

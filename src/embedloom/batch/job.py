@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import numpy.typing as npt
 
 from embedloom.batch.readers import (
     BatchInputError,
@@ -42,10 +41,11 @@ from embedloom.batch.readers import (
     count_rows,
     read_records,
 )
-from embedloom.batch.writers import open_writer, output_format, remove_partial
+from embedloom.batch.writers import ChunkVectors, open_writer, output_format, remove_partial
 from embedloom.config import Settings
 from embedloom.errors import InvalidInput
 from embedloom.parallel import bounded_map
+from embedloom.tasks import ModelKind
 
 __all__ = ["JobOptions", "JobSummary", "run_job"]
 
@@ -132,11 +132,12 @@ def run_job(options: JobOptions) -> JobSummary:
     """Run (or resume) the job; raises ``InvalidInput`` for input and output problems,
     before anything is written."""
     _check(options)
+    sparse = _embeds_sparse(options)
     partial = options.output.with_name(options.output.name + ".partial")
     resuming = options.resume and partial.is_dir()
     progress = _prepare(options, partial)
     try:
-        return _run(options, partial, progress)
+        return _run(options, partial, progress, sparse=sparse)
     except BaseException:
         # A run that wrote nothing leaves nothing: no partial to trip the next run
         # ("pass --resume"), which would only be resuming a mistake.
@@ -171,15 +172,44 @@ def _check(options: JobOptions) -> None:
         raise InvalidInput(f"{options.output} is a directory; -o names the output file")
 
 
-def _run(options: JobOptions, partial: Path, progress: _Progress) -> JobSummary:
+def _embeds_sparse(options: JobOptions) -> bool:
+    """Whether the model makes sparse vectors; ``InvalidInput`` for a model that does
+    not embed texts at all, or sparse vectors asked of an ``.npy`` output."""
+    from embedloom.store import ModelStore, resolve_model
+    from embedloom.tasks import model_kind
+
+    settings = options.settings
+    path = resolve_model(settings.model_ref, store=ModelStore.for_settings(settings)).path
+    kind: ModelKind = model_kind(path)
+    if kind == "cross-encoder":
+        raise InvalidInput(
+            f"{settings.model_ref} is a cross-encoder: it scores pairs of texts and "
+            "makes no embeddings; serve it (embedloom serve) and POST /rerank or /predict"
+        )
+    if kind == "sparse" and output_format(options.output) == "npy":
+        raise InvalidInput(
+            f"{settings.model_ref} is a sparse model: its vectors are written as Parquet "
+            "(their non-zero indices and values); use -o FILE.parquet"
+        )
+    return kind == "sparse"
+
+
+def _run(options: JobOptions, partial: Path, progress: _Progress, *, sparse: bool) -> JobSummary:
     rejects_path = options.output.with_name(options.output.name + ".rejects.jsonl")
     started = time.perf_counter()
     writer = open_writer(
-        options.output, partial, dtype=options.output_dtype, with_ids=options.id_field is not None
+        options.output,
+        partial,
+        dtype=options.output_dtype,
+        with_ids=options.id_field is not None,
+        sparse=sparse,
     )
     writer.truncate(progress.chunks, progress.rows_written)
     rejects_partial = partial / "rejects.jsonl"
-    with _embedding_function(options) as embed, rejects_partial.open("ab") as rejects:
+    with (
+        _embedding_function(options, sparse=sparse) as embed,
+        rejects_partial.open("ab") as rejects,
+    ):
         load_seconds = time.perf_counter() - started
         rejects.truncate(progress.rejects_bytes)
         total = count_rows(options.input) if options.input != "-" else None
@@ -275,12 +305,12 @@ def _write_manifest(partial: Path, options: JobOptions, progress: _Progress) -> 
     os.replace(temporary, partial / "manifest.json")
 
 
-_Embed = Callable[[list[Record | Reject]], npt.NDArray[np.floating]]
+_Embed = Callable[[list[Record | Reject]], ChunkVectors]
 
 
 def _embedded_chunks(
     options: JobOptions, embed: _Embed, *, skip_rows: int
-) -> Iterator[tuple[list[Record | Reject], npt.NDArray[np.floating]]]:
+) -> Iterator[tuple[list[Record | Reject], ChunkVectors]]:
     """(the chunk's items, the vectors of its records), chunk after chunk, in order."""
     items = read_records(
         options.input, field=options.field, id_field=options.id_field, column=options.column
@@ -314,14 +344,20 @@ def _chunked(items: Iterator[Record | Reject], size: int) -> Iterator[list[Recor
 
 
 @contextlib.contextmanager
-def _embedding_function(options: JobOptions) -> Iterator[_Embed]:
-    """``embed(chunk) -> vectors of its records``, in this process or in workers."""
+def _embedding_function(options: JobOptions, *, sparse: bool) -> Iterator[_Embed]:
+    """``embed(chunk) -> vectors of its records`` (dense rows in the output's dtype, or
+    sparse vectors), in this process or in workers."""
     dtype = np.dtype(options.output_dtype)
+
+    def output(vectors: ChunkVectors) -> ChunkVectors:
+        return vectors if sparse else np.asarray(vectors).astype(dtype)
+
     if options.processes == 1:
         from embedloom.embedder import Embedder
 
         with Embedder(settings=options.settings, batch_per_request=True) as embedder:
-            yield lambda chunk: _embed_sorted(embedder.embed, _texts(chunk)).astype(dtype)
+            embed = embedder.embed_sparse if sparse else embedder.embed
+            yield lambda chunk: output(_embed_sorted(embed, _texts(chunk)))
         return
     from embedloom.offload import new_process_pool
     from embedloom.sharing import worker_budget
@@ -339,7 +375,7 @@ def _embedding_function(options: JobOptions) -> Iterator[_Embed]:
     settings = options.settings.replace(threads=budget, workers=1)
     pool = new_process_pool(options.processes, initializer=_start_worker, initargs=(settings,))
     try:
-        yield lambda chunk: pool.submit(_embed_in_worker, _texts(chunk)).result().astype(dtype)
+        yield lambda chunk: output(pool.submit(_embed_in_worker, _texts(chunk), sparse).result())
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -348,17 +384,20 @@ def _texts(chunk: Sequence[Record | Reject]) -> list[str]:
     return [item.text for item in chunk if isinstance(item, Record)]
 
 
-def _embed_sorted(
-    embed: Callable[[list[str]], npt.NDArray[np.float32]], texts: list[str]
-) -> npt.NDArray[np.float32]:
+def _embed_sorted(embed: Callable[[list[str]], ChunkVectors], texts: list[str]) -> ChunkVectors:
     """Embed in order of length (so each batch pads little), rows put back in order."""
     if not texts:
         return np.zeros((0, 0), dtype=np.float32)
     order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
     vectors = embed([texts[i] for i in order])
-    restored = np.empty_like(vectors)
-    restored[order] = vectors
-    return restored
+    if isinstance(vectors, np.ndarray):
+        restored = np.empty_like(vectors)
+        restored[order] = vectors
+        return restored
+    in_order: list[Any] = [None] * len(texts)
+    for position, index in enumerate(order):
+        in_order[index] = vectors[position]
+    return in_order
 
 
 # -- worker processes (--processes N) ---------------------------------------------
@@ -373,8 +412,9 @@ def _start_worker(settings: Settings) -> None:
     _worker_embedder = Embedder(settings=settings, batch_per_request=True)
 
 
-def _embed_in_worker(texts: list[str]) -> npt.NDArray[np.float32]:
-    return _embed_sorted(_worker_embedder.embed, texts)
+def _embed_in_worker(texts: list[str], sparse: bool) -> ChunkVectors:
+    embed = _worker_embedder.embed_sparse if sparse else _worker_embedder.embed
+    return _embed_sorted(embed, texts)
 
 
 def _progress_bar(options: JobOptions, total: int | None, already: int) -> Any:

@@ -9,7 +9,9 @@ under the output's name is always complete.
 
 - Parquet: one part file per chunk (``part-000000.parquet``: ``row`` (int64),
   ``id`` (string, when given) and ``embedding``, a fixed-size list of float32 or
-  float16), gathered into one file at the end, one row group per part.
+  float16 — or, from a sparse model, ``indices`` (list of int32) and ``values``
+  (list of float32 or float16), its non-zero entries), gathered into one file at
+  the end, one row group per part.
 - ``.npy``: rows appended to a raw file, then copied into the final matrix
   through a memory map, a window at a time (each window mapped, written,
   flushed and unmapped, so resident memory stays bounded).
@@ -26,9 +28,13 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from embedloom.backends.base import SparseVector
 from embedloom.errors import InvalidInput
 
-__all__ = ["OutputWriter", "open_writer", "output_format", "remove_partial"]
+__all__ = ["ChunkVectors", "OutputWriter", "open_writer", "output_format", "remove_partial"]
+
+# A chunk's vectors: dense rows, or a sparse model's vectors one by one.
+ChunkVectors = npt.NDArray[np.floating] | Sequence[SparseVector]
 
 # Rows per memory-map window when the .npy is assembled.
 _NPY_WINDOW_ROWS = 16384
@@ -40,7 +46,7 @@ class OutputWriter(Protocol):
         chunk: int,
         rows: Sequence[int],
         ids: Sequence[str | None],
-        vectors: npt.NDArray[np.floating],
+        vectors: ChunkVectors,
     ) -> None:
         """Write one chunk's rows durably (flushed and fsynced)."""
         ...
@@ -61,10 +67,18 @@ def output_format(path: Path) -> str:
     return suffix
 
 
-def open_writer(path: Path, partial: Path, *, dtype: str, with_ids: bool) -> OutputWriter:
+def open_writer(
+    path: Path, partial: Path, *, dtype: str, with_ids: bool, sparse: bool = False
+) -> OutputWriter:
+    """A writer of dense vectors, or with ``sparse`` of sparse ones (Parquet only)."""
     if output_format(path) == "npy":
+        if sparse:
+            raise InvalidInput(
+                f"{path}: a sparse model's vectors are written as Parquet (their non-zero "
+                "indices and values); use -o FILE.parquet"
+            )
         return _NpyWriter(partial, np.dtype(dtype))
-    return _ParquetWriter(partial, dtype, with_ids)
+    return _ParquetWriter(partial, dtype, with_ids, sparse)
 
 
 def _fsync(path: Path) -> None:
@@ -76,23 +90,42 @@ def _fsync(path: Path) -> None:
 
 
 class _ParquetWriter:
-    def __init__(self, partial: Path, dtype: str, with_ids: bool) -> None:
+    def __init__(self, partial: Path, dtype: str, with_ids: bool, sparse: bool) -> None:
         self._partial = partial
         self._dtype = dtype
         self._with_ids = with_ids
+        self._sparse = sparse
 
     def _part(self, chunk: int) -> Path:
         return self._partial / f"part-{chunk:06d}.parquet"
 
-    def _table(self, rows: Sequence[int], ids: Sequence[str | None], vectors: np.ndarray) -> object:
+    def _table(
+        self, rows: Sequence[int], ids: Sequence[str | None], vectors: ChunkVectors
+    ) -> object:
         import pyarrow as pa
 
         value_type = pa.float16() if self._dtype == "float16" else pa.float32()
-        flat = pa.array(np.ascontiguousarray(vectors).reshape(-1), type=value_type)
         columns = {"row": pa.array(rows, type=pa.int64())}
         if self._with_ids:
             columns["id"] = pa.array(ids, type=pa.string())
-        columns["embedding"] = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
+        if self._sparse:
+            sparse = [v for v in vectors if isinstance(v, SparseVector)]
+            lengths = [len(v.indices) for v in sparse]
+            offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]), type=pa.int32())
+
+            def flat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+                return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+            indices = flat([v.indices for v in sparse], np.int32)
+            values = flat([v.values for v in sparse], np.float32)
+            columns["indices"] = pa.ListArray.from_arrays(offsets, pa.array(indices, pa.int32()))
+            columns["values"] = pa.ListArray.from_arrays(
+                offsets, pa.array(values.astype(np.dtype(self._dtype)), value_type)
+            )
+        else:
+            dense = np.ascontiguousarray(vectors)
+            flat_values = pa.array(dense.reshape(-1), type=value_type)
+            columns["embedding"] = pa.FixedSizeListArray.from_arrays(flat_values, dense.shape[1])
         return pa.table(columns)
 
     def write(
@@ -100,7 +133,7 @@ class _ParquetWriter:
         chunk: int,
         rows: Sequence[int],
         ids: Sequence[str | None],
-        vectors: npt.NDArray[np.floating],
+        vectors: ChunkVectors,
     ) -> None:
         import pyarrow.parquet as pq
 
@@ -130,7 +163,9 @@ class _ParquetWriter:
                     writer = pq.ParquetWriter(temporary, table.schema)
                 writer.write_table(table)
             if writer is None:  # nothing was embedded: an empty file of the right shape
-                empty = self._table([], [], np.zeros((0, 1), dtype=np.float32))
+                empty = self._table(
+                    [], [], [] if self._sparse else np.zeros((0, 1), dtype=np.float32)
+                )
                 pq.write_table(empty, temporary)
         finally:
             if writer is not None:
@@ -151,8 +186,9 @@ class _NpyWriter:
         chunk: int,
         rows: Sequence[int],
         ids: Sequence[str | None],
-        vectors: npt.NDArray[np.floating],
+        vectors: ChunkVectors,
     ) -> None:
+        assert isinstance(vectors, np.ndarray), "sparse vectors are written as Parquet"
         if self._width is None:
             self._width = int(vectors.shape[1])
             self._width_file.write_text(str(self._width))

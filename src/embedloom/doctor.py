@@ -156,15 +156,22 @@ def _model_plans(
     return tuple(plans)
 
 
-def _weights_bytes(settings: Settings) -> int | None:
-    """The model's weight files on disk, found without fetching anything."""
+def _local_model_dir(settings: Settings) -> Path | None:
+    """The model's directory if it is on this machine (nothing is fetched)."""
     from embedloom.errors import EmbedloomError
     from embedloom.store import ModelStore, resolve_model
 
     try:
         store = ModelStore.for_settings(settings.replace(offline=True))
-        path = resolve_model(settings.model_ref, store=store).path
+        return resolve_model(settings.model_ref, store=store).path
     except (EmbedloomError, OSError):
+        return None
+
+
+def _weights_bytes(settings: Settings) -> int | None:
+    """The model's weight files on disk, found without fetching anything."""
+    path = _local_model_dir(settings)
+    if path is None:
         return None
     for pattern in ("*.safetensors", "*.bin"):
         sizes = [f.stat().st_size for f in path.rglob(pattern) if f.is_file()]
@@ -194,6 +201,7 @@ def _memory_findings(models: tuple[ModelPlan, ...], machine: MachineProbe) -> li
 
 def _variant_findings(settings: Settings, machine: MachineProbe) -> list[Finding]:
     from embedloom.errors import BackendError
+    from embedloom.tasks import model_kind
     from embedloom.variants.catalog import requested_variants, unsupported_reason
 
     asked = f"--backend {settings.backend} --dtype {settings.dtype}"
@@ -202,7 +210,9 @@ def _variant_findings(settings: Settings, machine: MachineProbe) -> list[Finding
     except BackendError as exc:
         return [Finding("error", str(exc), "choose a variant embedloom offers")]
     device = "cuda" if machine.gpus else "cpu"
-    reasons = {v: unsupported_reason(v, device, machine.cpu_features) for v in variants}
+    local = _local_model_dir(settings)
+    kind = model_kind(local) if local is not None else "embedding"
+    reasons = {v: unsupported_reason(v, device, machine.cpu_features, kind=kind) for v in variants}
     runnable = [str(v) for v, reason in reasons.items() if reason is None]
     refused = [f"{v} ({reason})" for v, reason in reasons.items() if reason is not None]
     if not runnable:

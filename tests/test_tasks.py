@@ -55,6 +55,14 @@ def settings_for(model_dir: Path, **extra: Any) -> Settings:
     return Settings(model=(str(model_dir),), backend="torch", dtype="fp32", **extra)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _sentence_transformers_imported() -> None:
+    """Importing sentence-transformers takes seconds: done here, before the async
+    tests' event loops (their own imports of it are then instant)."""
+    import sentence_transformers  # noqa: F401
+    import transformers  # noqa: F401
+
+
 @pytest.fixture(scope="module")
 def cross_encoder(reranker_dir: Path) -> Any:
     from sentence_transformers import CrossEncoder

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -107,28 +108,17 @@ async def rerank(
     names = engine.prompts.prompts
     query_prompt = next((name for name in QUERY_PROMPTS if name in names), None)
     document_prompt = next((name for name in DOCUMENT_PROMPTS if name in names), None)
-    query_call = asyncio.ensure_future(
-        engine.embed(
-            [query],
-            normalize=True,
-            truncate=truncate,
-            truncation_direction=truncation_direction,
-            prompt_name=query_prompt,
-            timeout=timeout,
-            priority=priority,
-        )
+    embed = functools.partial(
+        engine.embed,
+        normalize=True,
+        truncate=truncate,
+        truncation_direction=truncation_direction,
+        timeout=timeout,
+        priority=priority,
     )
+    query_call = asyncio.ensure_future(embed([query], prompt_name=query_prompt))
     documents_call = asyncio.ensure_future(
-        engine.embed(
-            list(documents),
-            normalize=True,
-            truncate=truncate,
-            truncation_direction=truncation_direction,
-            prompt_name=document_prompt,
-            max_tokens=max_document_tokens,
-            timeout=timeout,
-            priority=priority,
-        )
+        embed(list(documents), prompt_name=document_prompt, max_tokens=max_document_tokens)
     )
     try:
         query_result, document_result = await asyncio.gather(query_call, documents_call)

@@ -200,7 +200,7 @@ def test_bf16_passes_the_score_gate_and_onnx_is_refused_for_a_cross_encoder(
     reranker_dir: Path, tmp_path: Path
 ) -> None:
     store = ModelStore(tmp_path)
-    texts = calibration_texts()[:40]  # 2 queries × 40 documents
+    texts = calibration_texts()[:20]  # 1 query × 20 documents: bf16 may be emulated here
 
     def outputs(dtype: str) -> Any:
         variant = Variant("torch", dtype)

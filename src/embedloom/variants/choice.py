@@ -30,6 +30,7 @@ from embedloom.backends.base import BackendFactory
 from embedloom.errors import BackendError
 from embedloom.log import configure_logging, current_format
 from embedloom.store import ModelStore
+from embedloom.tasks import model_kind
 from embedloom.variants.catalog import (
     REFERENCE,
     Variant,
@@ -128,6 +129,15 @@ def choose_variant(
     requested = requested_variants(backend, dtype)
     if requested == [REFERENCE]:
         return Choice(REFERENCE, None, "the fp32 reference, as asked")
+    # What the model's kind rules out is known without a trial (seconds of start-up).
+    kind = model_kind(model_dir)
+    ruled_out = [
+        Candidate(v, refused=reason)
+        for v in requested
+        if (reason := unsupported_reason(v, device, kind=kind)) is not None
+    ]
+    if len(ruled_out) == len(requested):
+        pick(ruled_out)  # raises, naming each refusal
     name = f"choice-{machine_key(device)}-{backend}-{dtype}-t{threads}"
 
     def trial(into: Path) -> None:

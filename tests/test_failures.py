@@ -163,6 +163,13 @@ total = sum(used)
 # Busy: a thread that did at least 2% of the process's work in the window.
 busy = sorted((u for u in used if u >= 0.02 * total), reverse=True)
 print(json.dumps({"busy": len(busy), "seconds": [round(u, 2) for u in busy], "total": total}))
+for thread in threads:
+    thread.join()
+if sys.argv[1] != "naive":
+    # Closed, not left to interpreter exit: native inference threads still alive
+    # while the interpreter tears down can abort it ("terminate called without an
+    # active exception", seen once on a busy machine).
+    embedder.close()
 """
 
 

@@ -95,6 +95,34 @@ def test_schema_generated_requests_never_get_a_5xx(
         assert 200 in seen, "valid cases were embedded"
 
 
+_QUARTER = settings(_FUZZ, max_examples=15)
+
+
+@pytest.mark.parametrize("mode", list(GenerationMode), ids=lambda m: m.value)
+@pytest.mark.parametrize(
+    "route", ["/v1/rerank", "/score", "/predict", "/classify", "/embed_sparse"]
+)
+def test_the_other_task_routes_never_answer_a_5xx(
+    server: ServerProcess, route: str, mode: GenerationMode
+) -> None:
+    """Generated bodies name no model, or one not served: the default (embedding)
+    model answers /v1/rerank and /score, and refuses /predict, /classify and
+    /embed_sparse with a 400 saying what it does — never a 5xx."""
+    operation = schemathesis.openapi.from_url(f"{server.url}/openapi.json")[route]["POST"]
+    seen: list[int] = []
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @_QUARTER
+    def each(case: Any) -> None:
+        response = case.call(base_url=server.url, timeout=60)
+        check_answer(case.path, response.status_code, response.json())
+        seen.append(response.status_code)
+
+    each()
+    assert seen
+    assert set(seen) <= {200, 400, 404, 413, 422}, seen
+
+
 _ANY_TEXT = st.text(st.characters(codec="utf-8"), min_size=1, max_size=200)
 # Every code point, lone surrogates included: JSON can carry them escaped.
 _WITH_SURROGATES = st.text(st.characters(), min_size=1, max_size=40)

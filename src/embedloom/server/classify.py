@@ -20,7 +20,14 @@ from embedloom.backends.base import TextPair
 from embedloom.engine import Embeddings, Engine
 from embedloom.server.errors import EMBEDDING_ERRORS, error_responses
 from embedloom.server.schemas import TRUNCATION_DIRECTION, Texts, TruncationDirection, parse_body
-from embedloom.server.state import json_answer, json_body, on_model, request_id, server_state
+from embedloom.server.state import (
+    json_answer,
+    json_body,
+    on_model,
+    request_id,
+    server_state,
+    token_usage,
+)
 from embedloom.tasks import activate
 
 __all__ = ["predict", "router"]
@@ -145,7 +152,7 @@ async def predict(request: Request) -> Response:
         body.model,
         items,
         raw_scores=body.raw_scores,
-        truncate=state.settings.auto_truncate if body.truncate is None else body.truncate,
+        truncate=state.truncates(body.truncate),
         truncation_direction=body.truncation_direction,
     )
     return json_answer(answers if body.inputs.batch else answers[0], result)
@@ -169,7 +176,7 @@ async def classify(request: Request) -> Response:
         "object": "classify",
         "data": answers,
         "model": served,
-        "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+        "usage": token_usage(result),
         "id": request_id(),
         "created": int(time.time()),
     }

@@ -19,6 +19,7 @@ from embedloom.server.state import (
     json_answer,
     json_body,
     server_state,
+    token_usage,
 )
 
 __all__ = ["router"]
@@ -61,10 +62,7 @@ async def create_embeddings(request: Request) -> Response:
             for index, vector in enumerate(encoded)
         ],
         "model": body.model or served,
-        "usage": {
-            "prompt_tokens": answer.result.prompt_tokens,
-            "total_tokens": answer.result.prompt_tokens,
-        },
+        "usage": token_usage(answer.result),
     }
     return json_answer(payload, answer.result)
 

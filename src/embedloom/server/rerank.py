@@ -28,7 +28,14 @@ from embedloom.server.schemas import (
     body_fields,
     parse_body,
 )
-from embedloom.server.state import json_answer, json_body, on_model, request_id, server_state
+from embedloom.server.state import (
+    json_answer,
+    json_body,
+    on_model,
+    request_id,
+    server_state,
+    token_usage,
+)
 from embedloom.tasks import activate
 
 __all__ = ["router", "tei_rerank"]
@@ -104,7 +111,7 @@ class ScoreRequest(BaseModel):
 async def tei_rerank(request: Request) -> Response:
     body = parse_body(await request.body(), TeiRerankRequest)
     state = server_state(request)
-    truncate = state.settings.auto_truncate if body.truncate is None else body.truncate
+    truncate = state.truncates(body.truncate)
 
     async def run(engine: Engine, default_timeout: float | None) -> Ranking:
         return await rerank(
@@ -159,14 +166,13 @@ async def documents_rerank(request: Request) -> Response:
         if body.return_documents:
             entry["document"] = {"text": documents[index]}
         results.append(entry)
-    tokens = ranking.result.prompt_tokens
     payload = {
         "id": request_id(),
         "object": "rerank",
         "model": served,
         "results": results,
         "scoring": ranking.scoring,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        "usage": token_usage(ranking.result),
         "meta": {
             "api_version": {"version": "2" if request.url.path.startswith("/v2/") else "1"},
             "billed_units": {"search_units": 1},
@@ -251,15 +257,19 @@ async def score(request: Request) -> Response:
 
     async def run(engine: Engine, default_timeout: float | None) -> tuple[Any, Embeddings]:
         if engine.model_info.kind == "embedding":
-            # Cosine, as vLLM scores with an embedding model; each text embedded once.
-            left = await engine.embed(firsts, normalize=True, timeout=default_timeout)
-            right = await engine.embed(seconds, normalize=True, timeout=default_timeout)
+            # Cosine, as vLLM scores with an embedding model: each text embedded once,
+            # both sides in one request (cut, as the cross-encoder's pairs are).
+            both = await engine.embed(
+                firsts + seconds, normalize=True, truncate=True, timeout=default_timeout
+            )
+            left, right = both.vectors[: len(firsts)], both.vectors[len(firsts) :]
+            width = both.vectors.shape[1]
             cosines = np.einsum(
                 "ij,ij->i",
-                np.broadcast_to(left.vectors, (count, left.vectors.shape[1])),
-                np.broadcast_to(right.vectors, (count, right.vectors.shape[1])),
+                np.broadcast_to(left, (count, width)),
+                np.broadcast_to(right, (count, width)),
             )
-            return cosines, right
+            return cosines, both
         head = reranker_head(engine)
         result = await engine.score(
             list(
@@ -280,6 +290,6 @@ async def score(request: Request) -> Response:
             {"index": index, "object": "score", "score": float(value)}
             for index, value in enumerate(scores)
         ],
-        "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+        "usage": token_usage(result),
     }
     return json_answer(payload, result)

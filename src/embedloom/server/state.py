@@ -49,6 +49,10 @@ class ServerState:
     metrics: ServerMetrics
     calibrations: Calibrations = field(default_factory=Calibrations)
 
+    def truncates(self, asked: bool | None) -> bool:
+        """Whether to cut over-long inputs: as the request asks, else ``--auto-truncate``."""
+        return self.settings.auto_truncate if asked is None else asked
+
 
 def server_state(request: Request) -> ServerState:
     state: ServerState = request.app.state.embedloom
@@ -125,7 +129,7 @@ async def embed_for_request(request: Request, call: EmbedCall) -> EmbedAnswer:
         result = await engine.embed(
             call.inputs,
             normalize=call.normalize,
-            truncate=state.settings.auto_truncate if call.truncate is None else call.truncate,
+            truncate=state.truncates(call.truncate),
             dimensions=call.dimensions,
             timeout=default_timeout,
             prompt_name=prompt_name,
@@ -188,6 +192,11 @@ def json_answer(payload: object, result: Embeddings | None = None) -> Response:
         media_type="application/json",
         headers=timing_headers(result) if result is not None else None,
     )
+
+
+def token_usage(result: Embeddings) -> dict[str, int]:
+    """The ``usage`` of an answer, as OpenAI words it (every token is a prompt token)."""
+    return {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}
 
 
 def _ms(seconds: float) -> str:

@@ -68,7 +68,7 @@ async def embed_stream(request: Request) -> Response:
         body,
         inputs,
         normalize=body.normalize,
-        truncate=state.settings.auto_truncate if body.truncate is None else body.truncate,
+        truncate=state.truncates(body.truncate),
         dimensions=body.dimensions,
         prompt_name=body.prompt_name,
         truncation_direction=body.truncation_direction,

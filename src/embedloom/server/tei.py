@@ -198,7 +198,7 @@ async def embed_all(request: Request) -> Response:
     async def run(engine: Engine, default_timeout: float | None) -> Embeddings:
         return await engine.embed_tokens(
             body.inputs,
-            truncate=state.settings.auto_truncate if body.truncate is None else body.truncate,
+            truncate=state.truncates(body.truncate),
             prompt_name=body.prompt_name,
             truncation_direction=body.truncation_direction,
             timeout=default_timeout,
@@ -222,7 +222,7 @@ async def embed_sparse(request: Request) -> Response:
     async def run(engine: Engine, default_timeout: float | None) -> Embeddings:
         return await engine.embed_sparse(
             body.inputs,
-            truncate=state.settings.auto_truncate if body.truncate is None else body.truncate,
+            truncate=state.truncates(body.truncate),
             truncation_direction=body.truncation_direction,
             prompt_name=body.prompt_name,
             timeout=default_timeout,

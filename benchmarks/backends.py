@@ -103,7 +103,7 @@ def phase_engine(variant: str, duration: float) -> dict[str, Any]:
             return Engine.from_settings(settings)
         # Built directly, past the choice: a variant the gate refuses is timed too.
         plan = plan_sharing(settings, cores=usable_cores().usable, gpus=0)
-        model = resolve_model(settings.model)
+        model = resolve_model(settings.model_ref)
         factory = open_variant(
             Variant.parse(variant),
             model.path,
@@ -166,7 +166,7 @@ def phase_gate() -> dict[str, Any]:
     settings = Settings(home=str(HOME), offline=True)
     plan = plan_sharing(settings, cores=usable_cores().usable, gpus=0)
     chosen = choose_variant(
-        resolve_model(settings.model).path,
+        resolve_model(settings.model_ref).path,
         ModelStore(HOME, offline=True),
         threads=plan.threads_per_replica,
         device="cpu",

@@ -85,6 +85,25 @@ def build_parser() -> argparse.ArgumentParser:
         "where the revision points now. For images and air-gapped machines.",
     )
     pull.add_argument("reference", metavar="MODEL", help="org/name or org/name@revision")
+    variants = commands.add_parser(
+        "variants",
+        help="show which variant serves each model and why; build the slow ones",
+        description="Show each model's variant trial on this machine: every variant's "
+        "accuracy-gate figures and speed, and the one that serves. --build builds the "
+        "variants too slow to build at a server's start (int8 OpenVINO: minutes), so the "
+        "next start tries them; --retry runs the trial again (after a hardware or library "
+        "change).",
+    )
+    variants.add_argument(
+        "--build", action="store_true", help="build the slow-to-build variants first"
+    )
+    variants.add_argument(
+        "--retry", action="store_true", help="forget this machine's trial and run it again"
+    )
+    for spec in setting_specs():
+        if spec.name in _VARIANT_SETTINGS:
+            _add_setting(variants, spec)
+    _add_config_flag(variants)
     models = commands.add_parser(
         "models",
         help="list the models in the store with their sizes",
@@ -136,6 +155,21 @@ _ENGINE_SETTINGS = (
     "max_batch_tokens",
     "max_batch_size",
     "batch_overhead_tokens",
+    "sharing",
+    "replicas",
+    "threads",
+    "log_level",
+    "log_format",
+)
+
+
+# What decides a model's variant trial.
+_VARIANT_SETTINGS = (
+    "model",
+    "home",
+    "offline",
+    "backend",
+    "dtype",
     "sharing",
     "replicas",
     "threads",
@@ -300,6 +334,13 @@ def _pull(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _variants(settings: Settings, args: argparse.Namespace) -> int:
+    from embedloom.variants.command import run_variants_command
+
+    print(run_variants_command(settings, build=args.build, retry=args.retry), end="")
+    return 0
+
+
 def _models(settings: Settings, args: argparse.Namespace) -> int:
     from embedloom.store import ModelStore, packaged_models
 
@@ -352,6 +393,7 @@ _COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "models": _models,
     "pull": _pull,
     "serve": _serve,
+    "variants": _variants,
 }
 
 

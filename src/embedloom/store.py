@@ -290,6 +290,29 @@ class ModelStore:
 
     # -- things built from a model ------------------------------------------------
 
+    def has_derived(self, model_dir: Path, name: str) -> bool:
+        """Whether the entry ``name`` of the model at ``model_dir`` is built and whole."""
+        return _damage(self._derived_entry(model_dir, name)) is None
+
+    def remove_derived(self, model_dir: Path, prefix: str) -> int:
+        """Remove the model's entries whose names start with ``prefix``, each under its
+        lock (never from under a process building it); how many were removed."""
+        from filelock import FileLock
+
+        parent = self._derived_entry(model_dir, prefix).parent
+        removed = 0
+        for entry in sorted(parent.glob(f"{prefix}*")) if parent.is_dir() else []:
+            lock = (
+                _mkdirs(self.home / "locks") / f"derived-{model_key(model_dir)}-{entry.name}.lock"
+            )
+            with FileLock(lock):
+                shutil.rmtree(entry, ignore_errors=True)
+            removed += 1
+        return removed
+
+    def _derived_entry(self, model_dir: Path, name: str) -> Path:
+        return self.home / "derived" / f"{model_dir.name}-{model_key(model_dir)}" / name
+
     def derived(self, model_dir: Path, name: str, build: Callable[[Path], None]) -> Path:
         """The directory ``name`` built from the model at ``model_dir``, building it
         with ``build(directory)`` if no process has yet (or if the one on disk is
@@ -299,7 +322,7 @@ class ModelStore:
         from filelock import FileLock
 
         key = model_key(model_dir)
-        entry = self.home / "derived" / f"{model_dir.name}-{key}" / name
+        entry = self._derived_entry(model_dir, name)
         if _damage(entry) is None:
             return entry
         locks = _mkdirs(self.home / "locks")

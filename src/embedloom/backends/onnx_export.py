@@ -20,7 +20,7 @@ import torch
 from embedloom.backends.onnx import MODEL_FILE, SHAPE_FILE, TOKENIZER_FILE
 from embedloom.backends.torch import PreloadedModel, TorchBackend
 
-__all__ = ["export_fp32", "export_int8"]
+__all__ = ["export_fp32", "export_int8", "trace", "write_shape"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +48,9 @@ class _Pooled(torch.nn.Module):
         return features["sentence_embedding"]
 
 
-def export_fp32(model_dir: Path, into: Path) -> None:
-    """Trace the model at ``model_dir`` to ``into/model.onnx`` and fuse its graph."""
-    from onnxruntime.transformers import optimizer
-
+def trace(model_dir: Path, onnx_file: Path) -> tuple[TorchBackend, list[torch.nn.Module]]:
+    """Trace the model at ``model_dir`` (all its modules but a final ``Normalize``) to
+    ``onnx_file``, unfused; the reference it was traced from and its modules."""
     # Eager attention traces to the MatMul/Softmax pattern the optimiser fuses into
     # one Attention node; the SDPA form traces to a graph it does not recognise.
     preloaded = PreloadedModel.load(model_dir, model_kwargs={"attn_implementation": "eager"})
@@ -61,7 +60,6 @@ def export_fp32(model_dir: Path, into: Path) -> None:
         modules = modules[:-1]
     graph = _Pooled(modules).eval()
     sample = torch.ones((2, 8), dtype=torch.int64)
-    traced = into / "traced.onnx"
     axes = {name: {0: "batch", 1: "tokens"} for name in _INPUTS}
     with warnings.catch_warnings():
         # The tracer warns about shape checks it freezes into the graph (pooling's
@@ -71,13 +69,22 @@ def export_fp32(model_dir: Path, into: Path) -> None:
         torch.onnx.export(
             graph,
             (sample, sample, torch.zeros_like(sample)),
-            str(traced),
+            str(onnx_file),
             input_names=list(_INPUTS),
             output_names=["sentence_embedding"],
             dynamic_axes={**axes, "sentence_embedding": {0: "batch"}},
             opset_version=_OPSET,
             dynamo=False,
         )
+    return reference, modules
+
+
+def export_fp32(model_dir: Path, into: Path) -> None:
+    """Trace the model at ``model_dir`` to ``into/model.onnx`` and fuse its graph."""
+    from onnxruntime.transformers import optimizer
+
+    traced = into / "traced.onnx"
+    reference, modules = trace(model_dir, traced)
     config = getattr(modules[0], "auto_model", None)
     config = getattr(config, "config", None)
     fused = optimizer.optimize_model(
@@ -94,7 +101,7 @@ def export_fp32(model_dir: Path, into: Path) -> None:
         model_dir,
         {op: n for op, n in fused.get_fused_operator_statistics().items() if n},
     )
-    _write_shape(reference, into)
+    write_shape(reference, into)
 
 
 def export_int8(fp32_export: Path, into: Path) -> None:
@@ -128,7 +135,9 @@ def _no_preprocessing_advice(record: logging.LogRecord) -> bool:
     return "pre-processing before quantization" not in record.getMessage()
 
 
-def _write_shape(reference: TorchBackend, into: Path) -> None:
+def write_shape(reference: TorchBackend, into: Path) -> None:
+    """The files beside a graph that let a backend run it without torch: the
+    model's shape and its tokenizer."""
     text = reference.text
     shape = {
         "dimensions": reference.dimensions,

@@ -21,10 +21,13 @@ from embedloom.store import ModelStore
 
 __all__ = [
     "REFERENCE",
+    "SLOW_TO_BUILD",
     "VARIANTS",
     "Variant",
+    "is_built",
     "machine_key",
     "open_variant",
+    "openvino_export",
     "requested_variants",
     "unsupported_reason",
 ]
@@ -32,7 +35,7 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True, order=True)
 class Variant:
-    backend: str  # torch | onnx
+    backend: str  # torch | onnx | openvino
     dtype: str  # fp32 | bf16 | fp16 | int8
 
     def __str__(self) -> str:
@@ -51,7 +54,14 @@ VARIANTS = (
     Variant("torch", "fp16"),
     Variant("onnx", "fp32"),
     Variant("onnx", "int8"),
+    Variant("openvino", "fp32"),
+    Variant("openvino", "bf16"),
+    Variant("openvino", "int8"),
 )
+SLOW_TO_BUILD = frozenset({Variant("openvino", "int8")})
+"""Variants whose build takes minutes (a calibrated, accuracy-searched quantisation):
+built only when asked (``embedloom variants --build``); until then ``auto`` chooses
+among the others and says so."""
 # Bumped when an export's contents change meaning, so old ones are not reused.
 _EXPORT_FORMAT = 1
 # CPU features that make bf16 matrix work fast (without them torch emulates it,
@@ -78,14 +88,10 @@ def unsupported_reason(
     """Why ``variant`` cannot run (fast) on ``device`` for a model of ``kind``
     (``tasks.ModelKind``), or None when it can; ``flags`` are the CPU's features
     (default: this machine's)."""
-    if variant.backend == "onnx":
-        if kind != "embedding":
-            return f"the ONNX export covers embedding models; this is a {kind} model"
-        if device != "cpu":
-            return "the ONNX backend runs on CPU only"
-        from embedloom.backends.onnx import onnxruntime_missing
-
-        return onnxruntime_missing()
+    if variant.backend in ("onnx", "openvino") and (
+        reason := _graph_unsupported(variant, device, kind)
+    ):
+        return reason
     if variant.dtype == "fp16" and device == "cpu":
         return "fp16 has no fast CPU kernels; it is for GPUs"
     if (
@@ -97,13 +103,29 @@ def unsupported_reason(
     return None
 
 
+def _graph_unsupported(variant: Variant, device: str, kind: str) -> str | None:
+    """Why an exported graph (ONNX, OpenVINO) cannot run ``variant`` here."""
+    runtime = "ONNX" if variant.backend == "onnx" else "OpenVINO"
+    if kind != "embedding":
+        return f"the {runtime} export covers embedding models; this is a {kind} model"
+    if device != "cpu":
+        return f"the {runtime} backend runs on CPU only"
+    if variant.backend == "onnx":
+        from embedloom.backends.onnx import onnxruntime_missing
+
+        return onnxruntime_missing()
+    from embedloom.backends.openvino import openvino_missing
+
+    return openvino_missing()
+
+
 def machine_key(device: str) -> str:
     """Names what a speed or accuracy measurement depends on besides the model: the
     processor, its features, and the versions of the libraries doing the arithmetic."""
     import torch
 
     parts = [platform.machine(), cpu_model(), " ".join(sorted(cpu_flags())), device]
-    parts += [torch.__version__, __version__, _onnxruntime_version()]
+    parts += [torch.__version__, __version__, _onnxruntime_version(), _openvino_version()]
     if device.startswith("cuda"):
         parts.append(torch.cuda.get_device_name(device))
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
@@ -130,6 +152,11 @@ def open_variant(
         return lambda: TorchBackend(
             model_dir, device=device, threads=threads, dtype=variant.dtype, preloaded=preloaded
         )
+    if variant.backend == "openvino":
+        from embedloom.backends.openvino import OpenVinoBackend
+
+        converted = openvino_export(variant, model_dir, store)
+        return lambda: OpenVinoBackend(converted, dtype=variant.dtype, threads=threads)
     from embedloom.backends.onnx import OnnxBackend
 
     export = onnx_export(variant, model_dir, store)
@@ -157,11 +184,53 @@ def onnx_export(variant: Variant, model_dir: Path, store: ModelStore) -> Path:
     )
 
 
+def openvino_export(variant: Variant, model_dir: Path, store: ModelStore) -> Path:
+    """The directory of ``variant``'s OpenVINO model, built if this machine has none
+    (fp32 and bf16 share one: bf16 is a compile-time hint)."""
+
+    def fp32() -> Path:
+        return store.derived(
+            model_dir,
+            f"openvino-v{_EXPORT_FORMAT}-fp32",
+            lambda into: _converter().export_fp32(model_dir, into),
+        )
+
+    if variant.dtype != "int8":
+        return fp32()
+    return store.derived(
+        model_dir,
+        f"openvino-v{_EXPORT_FORMAT}-int8",
+        lambda into: _converter().export_int8(fp32(), into),
+    )
+
+
+def is_built(variant: Variant, model_dir: Path, store: ModelStore) -> bool:
+    """Whether ``variant``'s export is on this machine already (always, for torch)."""
+    if variant.backend == "torch":
+        return True
+    dtype = "fp32" if variant.backend == "openvino" and variant.dtype == "bf16" else variant.dtype
+    return store.has_derived(model_dir, f"{variant.backend}-v{_EXPORT_FORMAT}-{dtype}")
+
+
+def _converter() -> ModuleType:
+    from embedloom.backends import openvino_export
+
+    return openvino_export
+
+
 def _exporter() -> ModuleType:
     # Imported only to build an export: it needs torch, which serving an export does not.
     from embedloom.backends import onnx_export
 
     return onnx_export
+
+
+def _openvino_version() -> str:
+    try:
+        import openvino
+    except ImportError:
+        return "no openvino"
+    return str(openvino.__version__)
 
 
 def _onnxruntime_version() -> str:

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +25,9 @@ from tests.helpers import (
     build_tiny_bert,
     sample_texts,
 )
+
+if TYPE_CHECKING:
+    from embedloom.store import ModelStore
 
 # Nothing in the suite may reach the Hugging Face hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -54,6 +58,15 @@ def model_dir() -> Path:
     from embedloom.store import resolve_model
 
     return resolve_model("all-MiniLM-L6-v2").path
+
+
+@pytest.fixture(scope="session")
+def variants_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
+    """One store for the variant tests: each export and conversion of the default
+    model (the int8 OpenVINO model takes half a minute) is built once per run."""
+    from embedloom.store import ModelStore
+
+    return ModelStore(tmp_path_factory.mktemp("variants-home"), offline=True)
 
 
 @pytest.fixture(scope="session")

@@ -91,17 +91,44 @@ def test_when_every_variant_is_refused_the_error_lists_each_reason() -> None:
         pick([Candidate(INT8, refused="failed the accuracy gate: min cosine 0.98 < 0.995")])
 
 
+class FakeClock:
+    """The probe's clock: time passes only when a fake variant works, by its cost
+    per input times a random factor of spread ``jitter`` (the machine's drift)."""
+
+    def __init__(self, jitter: float, seed: int) -> None:
+        self.now = 0.0
+        self.jitter = jitter
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def work(self, seconds: float) -> None:
+        self.now += seconds * (1 + self.rng.uniform(-self.jitter, self.jitter))
+
+
 class Variantish(FakeBackend):
     """A fake variant: the reference's vectors, each component scaled by a random
-    factor around 1 of spread ``noise``, at a cost of
-    ``seconds_per_batch`` of wall time (a cost, not synchronisation)."""
+    factor around 1 of spread ``noise``, at a cost of ``seconds_per_batch`` of wall
+    time (a cost, not synchronisation) or of ``clock``'s time per input."""
 
-    def __init__(self, *, noise: float = 0.0, seconds_per_batch: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        noise: float = 0.0,
+        seconds_per_batch: float = 0.0,
+        clock: FakeClock | None = None,
+        seconds_per_input: float = 0.0,
+    ) -> None:
         super().__init__(max_input_tokens=200)
         self._noise = noise
         self._cost = seconds_per_batch
+        self._clock = clock
+        self._per_input = seconds_per_input
 
     def embed(self, batch: Sequence[TokenizedInput]) -> npt.NDArray[np.float32]:
+        if self._clock is not None:
+            self._clock.work(self._per_input * len(batch))
         if self._cost:
             time.sleep(self._cost)
         vectors = super().embed(batch)
@@ -118,9 +145,7 @@ def test_auto_never_picks_a_variant_that_failed_the_gate_however_fast() -> None:
         # Broken: five times faster than the next, and its vectors are noise.
         INT8: lambda: Variantish(noise=0.5),
     }
-    candidates = try_variants(
-        list(backends), backends.__getitem__, device="cpu", probe_seconds=0.05
-    )
+    candidates = try_variants(list(backends), backends.__getitem__, device="cpu", rounds=2)
     by_variant = {c.variant: c for c in candidates}
     assert by_variant[INT8].refused is not None
     assert by_variant[INT8].refused.startswith("failed the accuracy gate: mean cosine")
@@ -132,6 +157,37 @@ def test_auto_never_picks_a_variant_that_failed_the_gate_however_fast() -> None:
     chosen = pick(candidates)
     assert chosen.variant == ONNX
     assert "refused: onnx/int8" in chosen.reason
+
+
+def chosen_with_fake_clock(onnx_speedup: float, jitter: float, seed: int) -> Variant:
+    clock = FakeClock(jitter, seed)
+    backends: dict[Variant, BackendFactory] = {
+        REFERENCE: lambda: Variantish(clock=clock, seconds_per_input=0.01),
+        ONNX: lambda: Variantish(clock=clock, seconds_per_input=0.01 / onnx_speedup),
+    }
+    candidates = try_variants(list(backends), backends.__getitem__, device="cpu", clock=clock)
+    assert all(len(c.rounds) == 4 for c in candidates), candidates
+    return pick(candidates).variant
+
+
+def test_a_difference_within_the_noise_never_flips_the_choice() -> None:
+    # ONNX 1% faster, the machine drifting ±1% between timings: below the 3%
+    # margin, every run keeps the variant closest to fp32 (the reference).
+    chosen = {chosen_with_fake_clock(1.01, 0.01, seed) for seed in range(20)}
+    assert chosen == {REFERENCE}
+
+
+def test_a_difference_beyond_the_noise_is_chosen_every_time() -> None:
+    chosen = {chosen_with_fake_clock(1.3, 0.05, seed) for seed in range(20)}
+    assert chosen == {ONNX}
+
+
+def test_pick_keeps_the_most_accurate_of_variants_the_probe_cannot_tell_apart() -> None:
+    close = Candidate(BF16, gate=GateFigures(0.9999, 0.999, 0.99), rounds=(100, 130, 101, 99))
+    closer = Candidate(ONNX, gate=GateFigures(1.0, 1.0, 1.0), rounds=(110, 100, 100, 102))
+    chosen = pick([close, closer])
+    assert chosen.variant == ONNX
+    assert "torch/bf16 not faster by more than 3% in every round" in chosen.reason
 
 
 def test_a_variant_that_raises_is_refused_and_the_rest_still_tried() -> None:
@@ -149,7 +205,7 @@ def test_the_trial_runs_once_per_machine_and_request(
 ) -> None:
     trials: list[Path] = []
 
-    def fake_trial(*args: object) -> None:
+    def fake_trial(*args: object, **options: object) -> None:
         record = args[-1]
         assert isinstance(record, Path)
         trials.append(record)
@@ -173,7 +229,7 @@ def test_the_trial_runs_once_per_machine_and_request(
 def test_a_failed_trial_falls_back_to_the_reference_unless_another_variant_was_asked_for(
     tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def crashed_trial(*args: object) -> None:
+    def crashed_trial(*args: object, **options: object) -> None:
         raise BackendError("trying the auto/auto variants failed (exit -9)")
 
     monkeypatch.setattr(choice_module, "_run_trial_process", crashed_trial)
@@ -195,3 +251,34 @@ def test_a_store_that_cannot_be_written_falls_back_to_the_reference(
     fallback = choose_variant(model_dir, store, threads=1, device="cpu")
     assert fallback.variant == REFERENCE
     assert "the trial failed" in fallback.reason
+
+
+def test_auto_tries_a_slow_to_build_variant_only_once_it_is_built(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow = Variant("openvino", "int8")
+    trials: list[tuple[str, list[Variant]]] = []
+
+    def fake_trial(*args: object, skip: list[Variant]) -> None:
+        record = args[-1]
+        assert isinstance(record, Path)
+        trials.append((record.parent.name, list(skip)))
+        record.write_text(json.dumps([Candidate(REFERENCE).to_json()]))
+
+    monkeypatch.setattr(choice_module, "_run_trial_process", fake_trial)
+    store = ModelStore(tmp_path, offline=True)
+    choose_variant(model_dir, store, threads=1, device="cpu")
+    assert trials[-1][1] == [slow]  # not built: the trial skips it
+    assert choice_module.recorded_choice(model_dir, store, threads=1, device="cpu") is not None
+    # `embedloom variants --build` builds it: the next start runs a new trial with it.
+    store.derived(model_dir, "openvino-v1-int8", lambda into: (into / "model.xml").write_text("x"))
+    assert choice_module.recorded_choice(model_dir, store, threads=1, device="cpu") is None
+    choose_variant(model_dir, store, threads=1, device="cpu")
+    assert len(trials) == 2
+    assert trials[-1][1] == []
+    assert "-openvinoint8-" in trials[-1][0]
+    assert "int8" not in trials[0][0]
+    # Forgetting this machine's trials makes the next start run one again.
+    assert choice_module.forget_trial(model_dir, store, device="cpu") == 2
+    choose_variant(model_dir, store, threads=1, device="cpu")
+    assert len(trials) == 3

@@ -23,7 +23,7 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 LogFormat = Literal["text", "json"]
 Sharing = Literal["auto", "dedicated", "replicas", "locked"]
-BackendName = Literal["auto", "torch", "onnx"]
+BackendName = Literal["auto", "torch", "onnx", "openvino"]
 DType = Literal["auto", "fp32", "bf16", "fp16", "int8"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 Tracing = Literal["off", "console", "otlp"]
@@ -86,15 +86,16 @@ class Settings:
         default="auto",
         metadata={
             "help": "what runs the model: torch, onnx (ONNX Runtime, exported once per "
-            "machine into the store) or auto (the fastest variant that passes the "
-            "accuracy gate here, found by a short trial at first use)"
+            "machine into the store), openvino (OpenVINO, converted once per machine) or "
+            "auto (the fastest variant that passes the accuracy gate here, found by a "
+            "short trial at first use; `embedloom variants` shows it)"
         },
     )
     dtype: DType = dataclasses.field(
         default="auto",
         metadata={
             "help": "arithmetic: fp32, bf16 (CPUs with AVX512-BF16/AMX, GPUs), fp16 (GPUs), "
-            "int8 (onnx) or auto; anything but fp32 must pass the accuracy gate against "
+            "int8 (onnx, openvino) or auto; anything but fp32 must pass the accuracy gate against "
             "fp32 torch on the shipped calibration set"
         },
     )

@@ -292,7 +292,10 @@ class ModelStore:
 
     def has_derived(self, model_dir: Path, name: str) -> bool:
         """Whether the entry ``name`` of the model at ``model_dir`` is built and whole."""
-        return _damage(self._derived_entry(model_dir, name)) is None
+        try:
+            return _damage(self._derived_entry(model_dir, name)) is None
+        except OSError:  # a store that cannot be read holds nothing usable
+            return False
 
     def remove_derived(self, model_dir: Path, prefix: str) -> int:
         """Remove the model's entries whose names start with ``prefix``, each under its

@@ -88,9 +88,15 @@ def export_int8(fp32_model: Path, into: Path) -> None:
     started = time.monotonic()
     keep: list[str] = []
     candidate, score, passed = quantized(keep)
-    roles = sorted(_matmul_roles(model))
+    roles = _roles_by_outliers(core, model, batches)
     while not passed and len(keep) < len(roles):
-        trials = {role: quantized([*keep, role]) for role in roles if role not in keep}
+        # The likeliest culprit first (outliers are what int8's one scale per tensor
+        # cannot hold), stopping at the first role whose fp32 makes it pass.
+        trials = {}
+        for role in (r for r in roles if r not in keep):
+            trials[role] = quantized([*keep, role])
+            if trials[role][2]:
+                break
         best = max(trials, key=lambda role: trials[role][1])
         keep.append(best)
         candidate, score, passed = trials[best]
@@ -156,5 +162,28 @@ def _role(op_name: str) -> str:
     return _LAYER_INDEX.sub("", op_name)
 
 
-def _matmul_roles(model: Any) -> set[str]:
-    return {_role(name) for name in _matmuls(model)}
+def _roles_by_outliers(core: Any, model: Any, batches: list[dict[str, Any]]) -> list[str]:
+    """The roles of matrix multiply, those whose activations have the widest outliers
+    (largest magnitude ÷ root mean square, on the calibration batches) first."""
+    probe = model.clone()
+    matmuls = [op for op in probe.get_ordered_ops() if op.get_type_name() == "MatMul"]
+    probe.add_outputs([op.input_value(0) for op in matmuls])
+    first_added = len(probe.outputs) - len(matmuls)
+    compiled = core.compile_model(probe, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    names = [port.get_any_name() for port in compiled.inputs]
+    peak = np.zeros(len(matmuls))
+    squares = np.zeros(len(matmuls))
+    count = np.zeros(len(matmuls))
+    for feed in batches:
+        outputs = compiled({name: feed[name] for name in names})
+        for i in range(len(matmuls)):
+            values = np.asarray(outputs[first_added + i], dtype=np.float64)
+            peak[i] = max(peak[i], float(np.abs(values).max()))
+            squares[i] += float(np.square(values).sum())
+            count[i] += values.size
+    spread: dict[str, float] = {}
+    for i, op in enumerate(matmuls):
+        ratio = peak[i] / max(np.sqrt(squares[i] / max(count[i], 1)), 1e-12)
+        role = _role(op.get_friendly_name())
+        spread[role] = max(spread.get(role, 0.0), ratio)
+    return sorted(spread, key=lambda role: -spread[role])

@@ -318,10 +318,10 @@ def try_variants(
             continue
         tried.append(_try(variant, open_factory, device, kind, texts, reference))
     timed = [(c, b) for c, b in tried if b is not None]
-    speeds = (
-        _probe([b for _, b in timed], probe_texts(texts), rounds, clock) if len(timed) > 1 else []
-    )
-    by_variant = {c.variant: s for (c, _), s in zip(timed, speeds, strict=True)}
+    by_variant: dict[Variant, list[float]] = {}
+    if len(timed) > 1:
+        speeds = _probe([b for _, b in timed], probe_texts(texts), rounds, clock)
+        by_variant = {c.variant: s for (c, _), s in zip(timed, speeds, strict=True)}
     candidates = []
     for candidate, _ in tried:
         if candidate.variant in by_variant:

@@ -113,6 +113,23 @@ def build_sparse_encoder(base_dir: Path, target: Path, *, seed: int = 13) -> Pat
     return target
 
 
+def run_at_once(script: str, *args: str, processes: int = 2) -> list[tuple[str, str]]:
+    """Start ``processes`` Python children running ``script`` with ``args`` at the
+    same moment; each one's (stdout, stderr), after checking that all succeeded."""
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(processes)
+    ]
+    outputs = [child.communicate(timeout=300) for child in children]
+    assert [child.returncode for child in children] == [0] * processes, outputs
+    return outputs
+
+
 def metric_value(text: str, sample: str, **labels: str) -> float:
     """The sum of ``/metrics`` samples named ``sample`` whose labels include ``labels``
     (0 when there is none yet): one figure over every model unless a label picks one."""

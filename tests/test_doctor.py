@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from embedloom.config import Settings
 from embedloom.doctor import MachineProbe, diagnose, render
+from embedloom.store import ModelStore
 from embedloom.threads import CoreCount
+from embedloom.variants import choice as choice_module
+from embedloom.variants.catalog import REFERENCE
+from embedloom.variants.choice import Candidate, choose_variant
 
 
 def machine(cores: int = 2, gpus: tuple[str, ...] = (), threads: int = 1) -> MachineProbe:
@@ -140,3 +147,24 @@ def test_a_model_whose_own_plan_cannot_work_is_an_error_naming_it() -> None:
     (error,) = levels(report)["error"]
     assert error.startswith("model docs: 3 replicas need at least 3 compute threads")
     assert report.plan is not None  # the default model's plan stands
+
+
+def test_the_recorded_trial_is_shown_with_how_to_run_it_again(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fake_trial(*args: object, **options: object) -> None:
+        record = args[-1]
+        assert isinstance(record, Path)
+        candidates = [Candidate(REFERENCE, sentences_per_second=100.0, rounds=(99.0, 101.0))]
+        record.write_text(json.dumps([c.to_json() for c in candidates]))
+
+    settings = Settings(home=str(tmp_path), offline=True)
+    report = diagnose(settings, {}, machine())
+    assert any("no variant trial recorded" in i for i in levels(report)["info"])
+    monkeypatch.setattr(choice_module, "_run_trial_process", fake_trial)
+    assert report.plan is not None
+    threads = report.plan.threads_per_replica
+    choose_variant(model_dir, ModelStore(tmp_path, offline=True), threads=threads, device="cpu")
+    (shown,) = [i for i in levels(diagnose(settings, {}, machine()))["info"] if "trial" in i]
+    assert shown.startswith("the variant trial chose torch/fp32")
+    assert "embedloom variants --retry" in shown

@@ -19,7 +19,7 @@ import pytest
 from embedloom.backends.openvino import OpenVinoBackend
 from embedloom.store import ModelStore
 from embedloom.variants.catalog import Variant, open_variant, unsupported_reason
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, run_at_once
 
 OPENVINO_FP32 = Variant("openvino", "fp32")
 OPENVINO_INT8 = Variant("openvino", "int8")
@@ -85,17 +85,7 @@ def test_no_more_threads_compute_than_the_budget(
 
 
 def test_two_processes_asking_at_once_convert_once(tmp_path: Path, model_dir: Path) -> None:
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-c", _CONVERT, str(model_dir), str(tmp_path)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    outputs = [child.communicate(timeout=300) for child in children]
-    assert [child.returncode for child in children] == [0, 0], outputs
+    outputs = run_at_once(_CONVERT, str(model_dir), str(tmp_path))
     paths = {json.loads(out)["path"] for out, _ in outputs}
     assert len(paths) == 1
     logs = "".join(err for _, err in outputs)

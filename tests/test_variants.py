@@ -30,7 +30,7 @@ from embedloom.variants.catalog import (
 )
 from embedloom.variants.choice import choose_variant
 from embedloom.variants.gate import calibration_texts, embed_texts, measure
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, run_at_once
 
 ONNX_FP32 = Variant("onnx", "fp32")
 
@@ -105,17 +105,7 @@ def test_a_variant_is_served_exactly_when_it_passes_the_gate(
 
 
 def test_two_processes_asking_at_once_export_once(tmp_path: Path, model_dir: Path) -> None:
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-c", _EXPORT, str(model_dir), str(tmp_path)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    outputs = [child.communicate(timeout=300) for child in children]
-    assert [child.returncode for child in children] == [0, 0], outputs
+    outputs = run_at_once(_EXPORT, str(model_dir), str(tmp_path))
     paths = {json.loads(out)["path"] for out, _ in outputs}
     assert len(paths) == 1
     logs = "".join(err for _, err in outputs)

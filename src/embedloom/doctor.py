@@ -128,8 +128,11 @@ def diagnose(settings: Settings, environ: Mapping[str, str], machine: MachinePro
         findings += _environment_findings(plan, environment)
         findings += _memory_findings(models, machine)
     findings += _fork_findings(machine)
+    threads = {model.name: model.plan.threads_per_replica for model in models if model.plan}
     for spec in settings.models:
-        findings += _variant_findings(settings.for_model(spec.name), machine)
+        findings += _variant_findings(
+            settings.for_model(spec.name), machine, threads.get(spec.name)
+        )
     # Models with the same settings find the same things: once each.
     return Report(machine, settings, environment, plan, list(dict.fromkeys(findings)), models)
 
@@ -199,7 +202,9 @@ def _memory_findings(models: tuple[ModelPlan, ...], machine: MachineProbe) -> li
     ]
 
 
-def _variant_findings(settings: Settings, machine: MachineProbe) -> list[Finding]:
+def _variant_findings(
+    settings: Settings, machine: MachineProbe, threads: int | None
+) -> list[Finding]:
     from embedloom.errors import BackendError
     from embedloom.tasks import model_kind
     from embedloom.variants.catalog import requested_variants, unsupported_reason
@@ -228,7 +233,40 @@ def _variant_findings(settings: Settings, machine: MachineProbe) -> list[Finding
         message += " (each but torch/fp32 after passing the accuracy gate)"
     if refused:
         message += f"; not here: {'; '.join(refused)}"
-    return [Finding("info", message)]
+    findings = [Finding("info", message)]
+    if local is not None and threads is not None and len(runnable) > 1:
+        findings.append(_trial_finding(settings, local, device, threads))
+    return findings
+
+
+def _trial_finding(settings: Settings, model_dir: Path, device: str, threads: int) -> Finding:
+    """What the recorded trial chose here, and how to run it again."""
+    from embedloom.store import ModelStore
+    from embedloom.variants.choice import recorded_choice
+
+    try:
+        choice = recorded_choice(
+            model_dir,
+            ModelStore.for_settings(settings),
+            backend=settings.backend,
+            dtype=settings.dtype,
+            threads=threads,
+            device=device,
+        )
+    except Exception as exc:  # a report, not a start: say what could not be read
+        return Finding("info", f"could not read the variant trial's record here: {exc}")
+    if choice is None:
+        return Finding(
+            "info",
+            "no variant trial recorded for these flags yet: the first start runs one "
+            "(`embedloom variants` runs it now and shows its figures)",
+        )
+    return Finding(
+        "info",
+        f"the variant trial chose {choice.variant}: {choice.reason} "
+        "(`embedloom variants` shows every figure; `embedloom variants --retry` runs the "
+        "trial again after a hardware or library change; `--build` builds int8)",
+    )
 
 
 def _budget_findings(plan: SharingPlan, machine: MachineProbe, *, workers: int) -> list[Finding]:

@@ -15,6 +15,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -24,7 +25,14 @@ from embedloom.backends.text import EncoderBackend, TextEncoder
 from embedloom.errors import BackendError
 from embedloom.offload import refuse_on_event_loop
 
-__all__ = ["MODEL_FILE", "SHAPE_FILE", "TOKENIZER_FILE", "OnnxBackend", "onnxruntime_missing"]
+__all__ = [
+    "MODEL_FILE",
+    "SHAPE_FILE",
+    "TOKENIZER_FILE",
+    "OnnxBackend",
+    "export_text",
+    "onnxruntime_missing",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +50,23 @@ def onnxruntime_missing() -> str | None:
     return None
 
 
+def export_text(export_dir: Path) -> dict[str, Any]:
+    """``EncoderBackend``'s arguments from the files beside an exported graph (the
+    tokenizer and the model's shape), as ``onnx_export.write_shape`` wrote them."""
+    shape = json.loads((export_dir / SHAPE_FILE).read_text())
+    text = TextEncoder(
+        (export_dir / TOKENIZER_FILE).read_text(),
+        max_tokens=int(shape["max_tokens"]),
+        pad_id=int(shape["pad_id"]),
+        pad_left=bool(shape["pad_left"]),
+    )
+    return {
+        "text": text,
+        "dimensions": int(shape["dimensions"]),
+        "normalizes": bool(shape["normalizes"]),
+    }
+
+
 class OnnxBackend(EncoderBackend):
     """One ONNX Runtime session over an export; ``embed`` runs on the owning thread."""
 
@@ -52,17 +77,8 @@ class OnnxBackend(EncoderBackend):
     def __init__(self, export_dir: Path, *, dtype: str, threads: int = 0) -> None:
         import onnxruntime as ort
 
-        shape = json.loads((export_dir / SHAPE_FILE).read_text())
         self.dtype = dtype
-        text = TextEncoder(
-            (export_dir / TOKENIZER_FILE).read_text(),
-            max_tokens=int(shape["max_tokens"]),
-            pad_id=int(shape["pad_id"]),
-            pad_left=bool(shape["pad_left"]),
-        )
-        super().__init__(
-            text, dimensions=int(shape["dimensions"]), normalizes=bool(shape["normalizes"])
-        )
+        super().__init__(**export_text(export_dir))
         options = ort.SessionOptions()
         # One session per inference thread, sized from the thread budget like
         # torch's pool; nothing inside a session runs in parallel branches.

@@ -12,7 +12,6 @@ Conversions are built by ``openvino_export`` once per machine (``ModelStore.deri
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,8 +21,8 @@ import numpy as np
 import numpy.typing as npt
 
 from embedloom.backends.base import Task, TokenizedInput
-from embedloom.backends.onnx import SHAPE_FILE, TOKENIZER_FILE
-from embedloom.backends.text import EncoderBackend, TextEncoder
+from embedloom.backends.onnx import export_text
+from embedloom.backends.text import EncoderBackend
 from embedloom.errors import BackendError
 from embedloom.offload import refuse_on_event_loop
 
@@ -76,17 +75,8 @@ class OpenVinoBackend(EncoderBackend):
     def __init__(self, model_dir: Path, *, dtype: str, threads: int = 0) -> None:
         if dtype not in _PRECISION_HINT:
             raise BackendError(f"the OpenVINO backend runs fp32, bf16 or int8, not {dtype}")
-        shape = json.loads((model_dir / SHAPE_FILE).read_text())
         self.dtype = dtype
-        text = TextEncoder(
-            (model_dir / TOKENIZER_FILE).read_text(),
-            max_tokens=int(shape["max_tokens"]),
-            pad_id=int(shape["pad_id"]),
-            pad_left=bool(shape["pad_left"]),
-        )
-        super().__init__(
-            text, dimensions=int(shape["dimensions"]), normalizes=bool(shape["normalizes"])
-        )
+        super().__init__(**export_text(model_dir))
         config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": _PRECISION_HINT[dtype],
             # One stream: the engine's sharing plan decides how many models run at

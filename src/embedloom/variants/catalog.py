@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -167,49 +168,48 @@ def onnx_export(variant: Variant, model_dir: Path, store: ModelStore) -> Path:
     """The directory of ``variant``'s ONNX export, built if this machine has none.
     int8 is quantised from the fp32 export, which is only looked at (and built if
     need be) when int8 itself has to be built."""
-
-    def fp32() -> Path:
-        return store.derived(
-            model_dir,
-            f"onnx-v{_EXPORT_FORMAT}-fp32",
-            lambda into: _exporter().export_fp32(model_dir, into),
-        )
-
-    if variant.dtype == "fp32":
-        return fp32()
-    return store.derived(
-        model_dir,
-        f"onnx-v{_EXPORT_FORMAT}-{variant.dtype}",
-        lambda into: _exporter().export_int8(fp32(), into),
-    )
+    return _export(variant, model_dir, store, _exporter)
 
 
 def openvino_export(variant: Variant, model_dir: Path, store: ModelStore) -> Path:
     """The directory of ``variant``'s OpenVINO model, built if this machine has none
-    (fp32 and bf16 share one: bf16 is a compile-time hint)."""
+    (fp32 and bf16 share one: bf16 is a compile-time hint); int8 is quantised from
+    the fp32 model, as ONNX's is."""
+    return _export(variant, model_dir, store, _converter)
+
+
+def _export(
+    variant: Variant, model_dir: Path, store: ModelStore, builder: Callable[[], ModuleType]
+) -> Path:
+    """The derived entry ``<backend>-v<format>-<dtype>`` of ``variant``: an fp32 graph
+    built by ``builder().export_fp32``, or an int8 one by ``export_int8`` from it."""
 
     def fp32() -> Path:
         return store.derived(
             model_dir,
-            f"openvino-v{_EXPORT_FORMAT}-fp32",
-            lambda into: _converter().export_fp32(model_dir, into),
+            _export_name(variant.backend, "fp32"),
+            lambda into: builder().export_fp32(model_dir, into),
         )
 
     if variant.dtype != "int8":
         return fp32()
     return store.derived(
         model_dir,
-        f"openvino-v{_EXPORT_FORMAT}-int8",
-        lambda into: _converter().export_int8(fp32(), into),
+        _export_name(variant.backend, "int8"),
+        lambda into: builder().export_int8(fp32(), into),
     )
+
+
+def _export_name(backend: str, dtype: str) -> str:
+    return f"{backend}-v{_EXPORT_FORMAT}-{dtype}"
 
 
 def is_built(variant: Variant, model_dir: Path, store: ModelStore) -> bool:
     """Whether ``variant``'s export is on this machine already (always, for torch)."""
     if variant.backend == "torch":
         return True
-    dtype = "fp32" if variant.backend == "openvino" and variant.dtype == "bf16" else variant.dtype
-    return store.has_derived(model_dir, f"{variant.backend}-v{_EXPORT_FORMAT}-{dtype}")
+    dtype = "int8" if variant.dtype == "int8" else "fp32"
+    return store.has_derived(model_dir, _export_name(variant.backend, dtype))
 
 
 def _converter() -> ModuleType:

@@ -192,12 +192,7 @@ def choose_variant(
     if requested == [REFERENCE]:
         return Choice(REFERENCE, None, "the fp32 reference, as asked")
     # What the model's kind rules out is known without a trial (seconds of start-up).
-    kind = model_kind(model_dir)
-    ruled_out = [
-        Candidate(v, refused=reason)
-        for v in requested
-        if (reason := unsupported_reason(v, device, kind=kind)) is not None
-    ]
+    ruled_out = _ruled_out(requested, model_dir, device)
     if len(ruled_out) == len(requested):
         pick(ruled_out)  # raises, naming each refusal
     unbuilt = _unbuilt(requested, ruled_out, model_dir, store)
@@ -241,18 +236,23 @@ def recorded_choice(
     requested = requested_variants(backend, dtype)
     if len(requested) == 1:
         return None
-    kind = model_kind(model_dir)
-    ruled_out = [
-        Candidate(v, refused=reason)
-        for v in requested
-        if (reason := unsupported_reason(v, device, kind=kind)) is not None
-    ]
+    ruled_out = _ruled_out(requested, model_dir, device)
     unbuilt = _unbuilt(requested, ruled_out, model_dir, store)
     name = _trial_name(requested, unbuilt, backend, dtype, threads, device)
     if not store.has_derived(model_dir, name):
         return None
     record = store.derived(model_dir, name, lambda into: None) / _RECORD
     return pick([Candidate.from_json(c) for c in json.loads(record.read_text())])
+
+
+def _ruled_out(requested: list[Variant], model_dir: Path, device: str) -> list[Candidate]:
+    """The requested variants this machine or the model's kind rules out, refused."""
+    kind = model_kind(model_dir)
+    return [
+        Candidate(v, refused=reason)
+        for v in requested
+        if (reason := unsupported_reason(v, device, kind=kind)) is not None
+    ]
 
 
 def _unbuilt(

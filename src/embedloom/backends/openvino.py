@@ -26,7 +26,7 @@ from embedloom.backends.text import EncoderBackend
 from embedloom.errors import BackendError
 from embedloom.offload import refuse_on_event_loop
 
-__all__ = ["MODEL_XML", "OpenVinoBackend", "openvino_missing", "openvino_precisions"]
+__all__ = ["MODEL_XML", "OpenVinoBackend", "openvino_missing"]
 
 MODEL_XML = "model.xml"
 # What OpenVINO calls each of our dtypes when it is a compile-time hint (int8 is in
@@ -43,13 +43,6 @@ def openvino_missing() -> str | None:
     except ImportError as exc:
         return f"openvino is not installed ({exc})"
     return None
-
-
-def openvino_precisions() -> frozenset[str]:
-    """The arithmetic OpenVINO's CPU plugin runs natively here (its own report:
-    ``FP32``, ``BF16``, ``INT8`` …), lower-cased."""
-    capabilities = _openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    return frozenset(str(c).lower() for c in capabilities)
 
 
 def _openvino_core() -> Any:

@@ -1,6 +1,6 @@
 """Every backend × dtype against sentence-transformers fp32, in one run.
 
-    .venv/bin/python benchmarks/backends.py          # ~15 minutes; writes benchmarks/results/
+    .venv/bin/python benchmarks/backends.py --duration 10  # ~17 min; writes benchmarks/results/
 
 Each phase runs in a fresh process, one after another, on the standard
 workload (``workload.py``, 2,048 sentences), in two rounds; ratios are taken

@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from embedloom.backends.onnx import SHAPE_FILE, TOKENIZER_FILE
-from embedloom.backends.openvino import MODEL_XML, OpenVinoBackend
+from embedloom.backends.onnx import SHAPE_FILE, TOKENIZER_FILE, export_text
+from embedloom.backends.openvino import MODEL_XML
+from embedloom.backends.text import TextEncoder
 from embedloom.errors import BackendError
 
 __all__ = ["export_fp32", "export_int8", "int8_missing"]
@@ -75,9 +76,8 @@ def export_int8(fp32_model: Path, into: Path) -> None:
         raise BackendError(f"cannot build the int8 OpenVINO model: {missing}")
     core = openvino.Core()
     model = core.read_model(fp32_model / MODEL_XML)
-    fp32 = OpenVinoBackend(fp32_model, dtype="fp32")
-    texts = _calibration_corpus()
-    batches = _batches(fp32, texts)
+    # The tokenizer beside the model, not a compiled backend: nothing here runs it.
+    batches = _batches(export_text(fp32_model)["text"], _calibration_corpus())
     reference = _vectors(core, model, batches)
 
     def quantized(keep: Sequence[str]) -> tuple[Any, float, bool]:
@@ -118,10 +118,10 @@ def _calibration_corpus() -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
-def _batches(backend: OpenVinoBackend, texts: list[str]) -> list[dict[str, Any]]:
-    tokens = sorted(backend.tokenize(texts), key=lambda t: -t.n_tokens)
+def _batches(text: TextEncoder, texts: list[str]) -> list[dict[str, Any]]:
+    tokens = sorted(text.tokenize(texts), key=lambda t: -t.n_tokens)
     return [
-        backend.text.collate(tokens[i : i + _CALIBRATION_BATCH])
+        text.collate(tokens[i : i + _CALIBRATION_BATCH])
         for i in range(0, len(tokens), _CALIBRATION_BATCH)
     ]
 

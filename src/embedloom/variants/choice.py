@@ -192,11 +192,11 @@ def choose_variant(
     if requested == [REFERENCE]:
         return Choice(REFERENCE, None, "the fp32 reference, as asked")
     # What the model's kind rules out is known without a trial (seconds of start-up).
-    ruled_out = _ruled_out(requested, model_dir, device)
+    ruled_out, unbuilt, name = _plan_trial(
+        requested, model_dir, store, backend, dtype, threads, device
+    )
     if len(ruled_out) == len(requested):
         pick(ruled_out)  # raises, naming each refusal
-    unbuilt = _unbuilt(requested, ruled_out, model_dir, store)
-    name = _trial_name(requested, unbuilt, backend, dtype, threads, device)
 
     def trial(into: Path) -> None:
         logger.info(
@@ -236,23 +236,36 @@ def recorded_choice(
     requested = requested_variants(backend, dtype)
     if len(requested) == 1:
         return None
-    ruled_out = _ruled_out(requested, model_dir, device)
-    unbuilt = _unbuilt(requested, ruled_out, model_dir, store)
-    name = _trial_name(requested, unbuilt, backend, dtype, threads, device)
+    _, _, name = _plan_trial(requested, model_dir, store, backend, dtype, threads, device)
     if not store.has_derived(model_dir, name):
         return None
-    record = store.derived(model_dir, name, lambda into: None) / _RECORD
+
+    def missing(into: Path) -> None:
+        raise BackendError(f"the trial record {name} went away while it was read")
+
+    record = store.derived(model_dir, name, missing) / _RECORD
     return pick([Candidate.from_json(c) for c in json.loads(record.read_text())])
 
 
-def _ruled_out(requested: list[Variant], model_dir: Path, device: str) -> list[Candidate]:
-    """The requested variants this machine or the model's kind rules out, refused."""
+def _plan_trial(
+    requested: list[Variant],
+    model_dir: Path,
+    store: ModelStore,
+    backend: str,
+    dtype: str,
+    threads: int,
+    device: str,
+) -> tuple[list[Candidate], list[Variant], str]:
+    """What a trial of ``requested`` would be: the variants this machine or the
+    model's kind rules out (refused), the slow ones it skips, and its record's name."""
     kind = model_kind(model_dir)
-    return [
+    ruled_out = [
         Candidate(v, refused=reason)
         for v in requested
         if (reason := unsupported_reason(v, device, kind=kind)) is not None
     ]
+    unbuilt = _unbuilt(requested, ruled_out, model_dir, store)
+    return ruled_out, unbuilt, _trial_name(requested, unbuilt, backend, dtype, threads, device)
 
 
 def _unbuilt(

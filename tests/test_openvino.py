@@ -119,6 +119,7 @@ def _embedloom(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.timeout(600)  # the build is half a minute alone; minutes on a busy machine
 def test_variants_build_makes_int8_a_candidate_that_passes_the_gate(store: ModelStore) -> None:
     from embedloom.backends.openvino_export import int8_missing
 

@@ -63,6 +63,7 @@ def skip_unless_supported(variant: Variant) -> None:
         pytest.skip(f"{variant} cannot run on this machine: {reason}")
 
 
+@pytest.mark.timeout(600)  # openvino/int8, when this file runs alone, is built here
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v != REFERENCE], ids=str)
 def test_each_variant_against_sentence_transformers_fp32(
     variant: Variant, model_dir: Path, store: ModelStore, reference_vectors: Any

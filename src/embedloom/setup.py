@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from embedloom.config import Settings, SettingsError
 from embedloom.sharing import SharingPlan, plan_sharing
 from embedloom.threads import usable_cores
+from embedloom.variants.catalog import gpus_for
 from embedloom.variants.choice import Choice
 
 if TYPE_CHECKING:
@@ -44,9 +45,7 @@ class ModelSetup:
         # Before importing torch: a missing model fails fast.
         store = ModelStore.for_settings(settings)
         model = resolve_model(settings.model_ref, store=store)
-        from embedloom.backends.torch import cuda_device_count
-
-        gpus = cuda_device_count()
+        gpus = gpus_for(settings.backend)
         plan = plan_sharing(settings, cores=usable_cores().usable, gpus=gpus)
         logger.info(
             "sharing: %s, %d replica(s), %d inference thread(s), %d intra-op thread(s) each, "

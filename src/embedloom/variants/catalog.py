@@ -11,6 +11,7 @@ import hashlib
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from types import ModuleType
 
@@ -25,6 +26,7 @@ __all__ = [
     "SLOW_TO_BUILD",
     "VARIANTS",
     "Variant",
+    "gpus_for",
     "is_built",
     "machine_key",
     "open_variant",
@@ -68,6 +70,17 @@ _EXPORT_FORMAT = 1
 # CPU features that make bf16 matrix work fast (without them torch emulates it,
 # slower than fp32).
 _BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def gpus_for(backend: str) -> int:
+    """The GPUs ``--backend`` could run on: none for ONNX Runtime and OpenVINO, which
+    embedloom runs on the CPU only, and which then start without importing torch
+    (two seconds of every start)."""
+    if backend in ("onnx", "openvino"):
+        return 0
+    from embedloom.backends.torch import cuda_device_count
+
+    return cuda_device_count()
 
 
 def requested_variants(backend: str, dtype: str) -> list[Variant]:
@@ -123,11 +136,13 @@ def _graph_unsupported(variant: Variant, device: str, kind: str) -> str | None:
 def machine_key(device: str) -> str:
     """Names what a speed or accuracy measurement depends on besides the model: the
     processor, its features, and the versions of the libraries doing the arithmetic."""
-    import torch
-
+    # torch's version from its metadata (the same string as torch.__version__): a
+    # start on ONNX Runtime or OpenVINO never imports torch.
     parts = [platform.machine(), cpu_model(), " ".join(sorted(cpu_flags())), device]
-    parts += [torch.__version__, __version__, _onnxruntime_version(), _openvino_version()]
+    parts += [version("torch"), __version__, _onnxruntime_version(), _openvino_version()]
     if device.startswith("cuda"):
+        import torch
+
         parts.append(torch.cuda.get_device_name(device))
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
 

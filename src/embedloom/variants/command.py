@@ -17,6 +17,7 @@ from embedloom.tasks import model_kind
 from embedloom.threads import usable_cores
 from embedloom.variants.catalog import (
     SLOW_TO_BUILD,
+    gpus_for,
     open_variant,
     requested_variants,
     unsupported_reason,
@@ -30,9 +31,7 @@ logger = logging.getLogger(__name__)
 
 def run_variants_command(settings: Settings, *, build: bool, retry: bool) -> str:
     """Each model's trial (built and re-run as asked), as a table per model."""
-    from embedloom.backends.torch import cuda_device_count
-
-    gpus = cuda_device_count()
+    gpus = max(gpus_for(settings.for_model(spec.name).backend) for spec in settings.models)
     device = "cuda" if gpus else "cpu"
     store = ModelStore.for_settings(settings)
     sections = []

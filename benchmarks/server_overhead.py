@@ -97,6 +97,7 @@ def measure(flags: list[str], duration: float) -> dict[str, Any]:
             raw = folded.read_text() if folded.exists() else ""
             (RESULTS / "server_overhead.folded").write_text(raw)
             samples = _classify(raw)
+            loop_samples = _classify(raw, loop_only=True)
         requests = result["requests"]
         total = sum(samples.values()) or 1
         model_share = samples["model"] / total
@@ -106,6 +107,7 @@ def measure(flags: list[str], duration: float) -> dict[str, Any]:
             "cpu_ms_per_request": round(1000 * spent / requests, 3),
             "event_loop_us_per_request": round(1e6 * loop_spent / requests),
             "samples": dict(samples),
+            "event_loop_samples": dict(loop_samples),
             "model_share": round(model_share, 3),
             "outside_model_us_per_request": round(1e6 * spent / requests * (1 - model_share)),
         }
@@ -126,12 +128,16 @@ _PARTS = (
 )
 
 
-def _classify(folded: str) -> collections.Counter[str]:
-    """Samples by the part of the server their innermost recognised frame is in."""
+def _classify(folded: str, *, loop_only: bool = False) -> collections.Counter[str]:
+    """Samples by the part of the server their innermost recognised frame is in
+    (``loop_only``: the main thread's alone, the one thread not started by
+    ``threading``: the event loop's)."""
     counts: collections.Counter[str] = collections.Counter()
     for line in folded.splitlines():
         stack, _, number = line.rpartition(" ")
         if not number.isdigit():
+            continue
+        if loop_only and "_bootstrap (threading.py" in stack:
             continue
         where = "other (the event loop itself, asyncio, GC)"
         for frame in reversed(stack.split(";")):
@@ -152,6 +158,7 @@ def main() -> None:
     figures = measure(["--backend", args.backend, "--dtype", args.dtype], args.duration)
     when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     total = sum(figures["samples"].values()) or 1
+    loop_total = sum(figures["event_loop_samples"].values()) or 1
     lines = [
         "# The server's CPU per request outside the model",
         "",
@@ -167,10 +174,11 @@ def main() -> None:
         f"- py-spy samples in the model: {figures['model_share']:.0%}; outside it: "
         f"**{figures['outside_model_us_per_request']} µs of CPU per request**",
         "",
-        "| where | share of samples |",
-        "|---|---|",
+        "| where | share of samples | of the event loop's thread's samples |",
+        "|---|---|---|",
         *(
-            f"| {where} | {count / total:.1%} |"
+            f"| {where} | {count / total:.1%} | "
+            f"{figures['event_loop_samples'].get(where, 0) / loop_total:.1%} |"
             for where, count in collections.Counter(figures["samples"]).most_common()
         ),
         "",

@@ -104,6 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
         if spec.name in _VARIANT_SETTINGS:
             _add_setting(variants, spec)
     _add_config_flag(variants)
+    bench = commands.add_parser(
+        "bench",
+        help="load-test an embedding server (OpenAI, TEI or Cohere API) and report",
+        description="Send the same workload to each URL (embedloom, TEI, Infinity, vLLM, a "
+        "hosted endpoint) at each concurrency or rate, servers interleaved in rounds, and "
+        "report sentences/s, tokens/s, latency percentiles, errors, and the load "
+        "generator's own CPU.",
+    )
+    from embedloom.bench.flags import add_arguments as add_bench_arguments
+
+    add_bench_arguments(bench)
     models = commands.add_parser(
         "models",
         help="list the models in the store with their sizes",
@@ -242,6 +253,7 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     flags = {spec.name: getattr(args, spec.name, None) for spec in setting_specs()}
     try:
         config = getattr(args, "config", None)
@@ -341,6 +353,14 @@ def _variants(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(settings: Settings, args: argparse.Namespace) -> int:
+    from embedloom.bench.command import run_bench
+    from embedloom.bench.flags import options_from
+
+    print(run_bench(options_from(args), args.argv[1:]))
+    return 0
+
+
 def _models(settings: Settings, args: argparse.Namespace) -> int:
     from embedloom.store import ModelStore, packaged_models
 
@@ -388,6 +408,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 _COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+    "bench": _bench,
     "doctor": _doctor,
     "embed": _embed,
     "models": _models,

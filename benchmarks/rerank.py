@@ -44,8 +44,8 @@ RESULTS = HERE / "results"
 HOME = RESULTS / ".home"
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
+from embedloom.bench.http import Connection, Endpoint  # noqa: E402
 from embedloom.cpu import cpu_model  # noqa: E402
-from loadgen import Connection  # noqa: E402
 from run import _free_port, _wait_healthy, serve_command  # noqa: E402
 from workload import sentences  # noqa: E402
 
@@ -81,14 +81,15 @@ async def rerank_load(port: int, duration: float) -> dict[str, Any]:
 
     async def client(index: int) -> None:
         nonlocal failures, pairs
-        connection = Connection("127.0.0.1", port)
+        connection = Connection(Endpoint.parse(f"http://127.0.0.1:{port}"))
         sent = index
         while time.perf_counter() < stop_at:
             query, documents = request(sent)
             sent += CLIENTS
             body = {"model": "reranker", "query": query, "documents": documents}
             started = time.perf_counter()
-            status, _ = await connection.post("/v1/rerank", json.dumps(body).encode())
+            answer = await connection.request("POST", "/v1/rerank", json.dumps(body).encode())
+            status = answer.status
             latencies.append(time.perf_counter() - started)
             if status == 200:
                 pairs += len(documents)

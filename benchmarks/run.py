@@ -28,6 +28,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from datetime import UTC, datetime
@@ -138,24 +139,37 @@ def _wait_healthy(port: int, process: subprocess.Popen[bytes], limit: float = 18
 
 
 def _load(port: int, clients: int, per_request: int, duration: float) -> dict[str, Any]:
-    out = subprocess.run(
-        [
-            PYTHON,
-            str(HERE / "loadgen.py"),
-            "--url",
-            f"http://127.0.0.1:{port}/v1/embeddings",
-            "--clients",
-            str(clients),
-            "--texts-per-request",
-            str(per_request),
-            "--duration",
-            str(duration),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return dict(json.loads(out.stdout))
+    """``embedloom bench`` (its own process) on the server's OpenAI route: closed loop
+    of ``clients`` each sending ``per_request`` sentences, for ``duration`` seconds."""
+    with tempfile.TemporaryDirectory() as scratch:
+        samples = Path(scratch) / "bench.json"
+        subprocess.run(
+            [
+                str(Path(PYTHON).with_name("embedloom")),
+                "bench",
+                f"http://127.0.0.1:{port}/v1/embeddings",
+                *("--concurrency", str(clients), "--inputs-per-request", str(per_request)),
+                *("--duration", str(duration), "--warmup", "0", "--quiet"),
+                *("--json", str(samples)),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        [step] = json.loads(samples.read_text())["steps"]
+    summary = step["summary"]
+    statuses = {"200": summary["ok"], **summary["errors"]}
+    return {
+        "clients": clients,
+        "texts_per_request": per_request,
+        "seconds": round(summary["seconds"], 3),
+        "requests": summary["requests"],
+        "sentences_per_s": summary["sentences_per_s"],
+        "p50_ms": summary["p50_ms"],
+        "p99_ms": summary["p99_ms"],
+        "statuses": {k: v for k, v in sorted(statuses.items()) if v},
+        "client_cores": summary["client_cores"],
+    }
 
 
 def _with_server(command: list[str], port: int, body: Any) -> Any:

@@ -167,7 +167,8 @@ def main() -> None:
         "",
         f"- {figures['load']['requests']} requests, {figures['load']['sentences_per_s']} "
         f"sentences/s, p50 {figures['load'].get('p50_ms')} ms, p99 "
-        f"{figures['load'].get('p99_ms')} ms",
+        f"{figures['load'].get('p99_ms')} ms; the load generator (`embedloom bench`, its "
+        f"own process) used {figures['load'].get('client_cores')} of a core",
         f"- server CPU: {figures['server_cpu_s']} s, {figures['cpu_ms_per_request']} ms per "
         f"request; the event loop's thread alone: {figures['event_loop_us_per_request']} µs per "
         "request",

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import Connection
+from embedloom.bench.http import Connection, Endpoint
 from workers import Server as WorkersServer
 from workload import sentences
 
@@ -95,7 +95,7 @@ def body_for(rng: random.Random) -> tuple[bytes, int]:
 
 
 async def one_request(port: int, body: bytes, tally: Tally, began: float) -> None:
-    connection = Connection("127.0.0.1", port)
+    connection = Connection(Endpoint.parse(f"http://127.0.0.1:{port}"))
     try:
         await connection.connect()
     except OSError:
@@ -104,8 +104,8 @@ async def one_request(port: int, body: bytes, tally: Tally, began: float) -> Non
     started = time.perf_counter()
     tally.sent += 1
     try:
-        status, _ = await connection.request("POST", "/v1/embeddings", body, close=True)
-    except (OSError, asyncio.IncompleteReadError, IndexError, ValueError):
+        status = (await connection.request("POST", "/v1/embeddings", body, close=True)).status
+    except ConnectionError:
         tally.lost += 1
         return
     finally:
@@ -153,12 +153,12 @@ async def closed_loop(
 
     async def client(index: int) -> None:
         rng = random.Random(seed + index)
-        connection = Connection("127.0.0.1", port)
+        connection = Connection(Endpoint.parse(f"http://127.0.0.1:{port}"))
         while time.perf_counter() < stop_at:
             body, size = body_for(rng)
             try:
-                status, _ = await connection.post("/v1/embeddings", body)
-            except (OSError, asyncio.IncompleteReadError, IndexError, ValueError):
+                status = (await connection.request("POST", "/v1/embeddings", body)).status
+            except ConnectionError:
                 await connection.close()
                 continue
             if status == 200:
@@ -171,12 +171,12 @@ async def closed_loop(
 
 async def probe_health(port: int, stop: asyncio.Event) -> list[float]:
     latencies = []
-    connection = Connection("127.0.0.1", port)
+    connection = Connection(Endpoint.parse(f"http://127.0.0.1:{port}"))
     while not stop.is_set():
         started = time.perf_counter()
         try:
-            status, _ = await connection.request("GET", "/health")
-        except (OSError, asyncio.IncompleteReadError, IndexError, ValueError):
+            status = (await connection.request("GET", "/health")).status
+        except ConnectionError:
             await connection.close()
             status = 599
         latencies.append(time.perf_counter() - started if status == 200 else float("inf"))

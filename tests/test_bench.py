@@ -179,7 +179,7 @@ def test_two_servers_interleaved_in_rounds_with_ratios_and_a_chart(tmp_path: Pat
     servers = [_serve(FakeServer("openai")), _serve(FakeServer("tei"))]
     first, second = (next(server) for server in servers)
     options = BenchOptions(
-        urls=(first.url, f"{second.url}/embed"),
+        urls=(f"first={first.url}", f"{second.url}/embed"),
         levels=(1, 2),
         duration=None,
         requests=6,
@@ -197,6 +197,8 @@ def test_two_servers_interleaved_in_rounds_with_ratios_and_a_chart(tmp_path: Pat
         (r, level, api) for r in (0, 1) for level in (1.0, 2.0) for api in ("openai", "tei")
     ]
     assert all(s["summary"]["ratio"] == 1.0 for s in steps if s["summary"]["api"] == "openai")
+    # NAME=URL labels a server in the reports; unlabelled, its URL names it.
+    assert {s["summary"]["server"] for s in steps} == {"first", f"{second.url}/embed"}
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for server in servers:
         next(server, None)

@@ -51,7 +51,10 @@ def parse_levels(text: str, what: str) -> tuple[float, ...]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``bench``'s flags (``embedloom bench --help``)."""
     parser.add_argument(
-        "urls", nargs="+", metavar="URL", help="a server's root URL, or its embedding route"
+        "urls",
+        nargs="+",
+        metavar="URL",
+        help="a server's root URL, or its embedding route; NAME=URL labels it in the reports",
     )
     parser.add_argument(
         "--api",

@@ -15,20 +15,26 @@ __all__ = ["Answer", "Connection", "Endpoint"]
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """Where requests go: scheme, host and port of a URL, and its path."""
+    """Where requests go: scheme, host and port of a URL, and its path; ``label``
+    names the server in reports (``NAME=URL``)."""
 
     host: str
     port: int
     tls: bool
     path: str
+    label: str = ""
 
     @classmethod
     def parse(cls, url: str) -> Endpoint:
+        label = ""
+        name, sep, rest = url.partition("=")
+        if sep and "://" not in name:
+            label, url = name, rest
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"{url!r} is not an http:// or https:// URL")
         tls = parts.scheme == "https"
-        return cls(parts.hostname, parts.port or (443 if tls else 80), tls, parts.path)
+        return cls(parts.hostname, parts.port or (443 if tls else 80), tls, parts.path, label)
 
     def base(self) -> str:
         return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"

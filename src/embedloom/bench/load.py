@@ -45,6 +45,7 @@ class LoadPlan:
 @dataclass(slots=True)
 class Step:
     url: str
+    server: str  # the endpoint's label, else its URL
     api: str
     plan: LoadPlan
     seconds: float = 0.0  # the measured window
@@ -85,7 +86,8 @@ async def run_step(
     headers: dict[str, str],
     progress: Progress | None = None,
 ) -> Step:
-    step = Step(f"{endpoint.base()}{api.path}", api.name, plan)
+    url = f"{endpoint.base()}{api.path}"
+    step = Step(url, endpoint.label or url, api.name, plan)
     window = _Window(plan)
     cpu_at_start: list[float] = []
 

@@ -30,6 +30,7 @@ CLIENT_BOUND_CORES = 0.9
 @dataclass(frozen=True, slots=True)
 class Summary:
     url: str
+    server: str  # its label (NAME=URL), else its URL
     api: str
     mode: str
     level: float
@@ -66,6 +67,7 @@ def summarize(step: Step, round_index: int = 0) -> Summary:
     errors = collections.Counter(str(s.status) for s in step.samples if s.status != 200)
     return Summary(
         url=step.url,
+        server=step.server,
         api=step.api,
         mode=step.plan.mode,
         level=step.plan.level,
@@ -105,7 +107,7 @@ def with_ratios(summaries: list[Summary]) -> list[Summary]:
 
 
 _COLUMNS = (
-    ("url", "server"),
+    ("server", "server"),
     ("level", "load"),
     ("round", "round"),
     ("sentences_per_s", "sentences/s"),
@@ -123,7 +125,7 @@ _COLUMNS = (
 
 def _columns(summaries: list[Summary]) -> tuple[tuple[str, str], ...]:
     """The table's columns: "× first" only when there are several servers to compare."""
-    if len({s.url for s in summaries}) > 1:
+    if len({s.server for s in summaries}) > 1:
         return _COLUMNS
     return tuple(column for column in _COLUMNS if column[0] != "ratio")
 
@@ -217,24 +219,28 @@ def write_chart(path: Path, summaries: list[Summary]) -> None:
         lambda: collections.defaultdict(list)
     )
     for summary in summaries:
-        by_server[summary.url][summary.level].append(summary)
+        by_server[summary.server][summary.level].append(summary)
     figure, (speed, latency) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for url, levels in by_server.items():
+    for server, levels in by_server.items():
         xs = sorted(levels)
-        speed.plot(xs, [_mean(levels[x], "sentences_per_s") for x in xs], marker="o", label=url)
+        speed.plot(xs, [_mean(levels[x], "sentences_per_s") for x in xs], marker="o", label=server)
         for field, style in (("p50_ms", "-"), ("p99_ms", "--")):
             latency.plot(
                 xs,
                 [_mean(levels[x], field) for x in xs],
                 style,
                 marker="o",
-                label=f"{url} {field.removesuffix('_ms')}",
+                label=f"{server} {field.removesuffix('_ms')}",
             )
     unit = "clients" if summaries and summaries[0].mode == "closed" else "requests/s offered"
     speed.set(xlabel=unit, ylabel="sentences/s", title="throughput")
     speed.set_ylim(bottom=0)
     latency.set(xlabel=unit, ylabel="ms", title="latency", yscale="log")
+    levels_asked = sorted({s.level for s in summaries})
     for axes in (speed, latency):
+        if levels_asked and levels_asked[-1] >= 8 * levels_asked[0]:
+            axes.set_xscale("log", base=2)  # a sweep such as 1, 8, 32, 128
+            axes.set_xticks(levels_asked, [f"{level:g}" for level in levels_asked])
         axes.grid(alpha=0.3)
         axes.legend(fontsize=7)
     figure.tight_layout()

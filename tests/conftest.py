@@ -247,7 +247,6 @@ _LONGEST_FILES = (
 )
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under ``pytest -n 2 --dist loadgroup`` (scripts/test): each file runs whole on
     one worker, so its module fixtures (servers, clusters) start once."""

@@ -35,7 +35,7 @@ class _Queued:
 
     n_tokens: int
     owner: object = None
-    enqueued_at: float = 0.0
+    waiting_since: float = 0.0
     deadline: float | None = None
     priority_class: int = 1
 

@@ -185,8 +185,18 @@ def server(
     ):
         tables.append(f'[models.{name}]\nmodel = "{path}"\nbackend = "torch"\ndtype = "fp32"')
     config.write_text("\n\n".join(tables) + "\n")
+    # The API tests fire bursts (up to 200 requests at once) to check answers, not
+    # admission: on a busy machine the default 0.5 s target would refuse some of
+    # them. Admission by wait is tested in test_fairness and test_server_load.
     with ServerProcess.start(
-        "--log-format", "json", "--log-level", "debug", "--config", str(config)
+        "--log-format",
+        "json",
+        "--log-level",
+        "debug",
+        "--config",
+        str(config),
+        "--max-queue-wait",
+        "60",
     ) as process:
         yield process
 

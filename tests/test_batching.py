@@ -20,6 +20,10 @@ class Item:
     priority_class: int = 1  # normal
     task: str = "embed"
 
+    @property
+    def waiting_since(self) -> float:
+        return self.enqueued_at
+
 
 def queue_of(*lengths: int) -> list[Item]:
     return [Item(n) for n in lengths]

@@ -86,13 +86,38 @@ def test_a_key_file_adds_keys_and_an_unreadable_one_is_refused(tmp_path: Path) -
     from embedloom.server.guard import load_api_keys
 
     keys = tmp_path / "keys"
-    keys.write_text("# rotated monthly\nfile-key\n\n")
-    assert load_api_keys(Settings(api_key=("flag-key",), api_key_file=str(keys))) == (
-        b"flag-key",
-        b"file-key",
-    )
+    keys.write_text("# rotated monthly\nfile-key\n\nsearch 3 search-key\n")
+    loaded = load_api_keys(Settings(api_key=("flag-key",), api_key_file=str(keys)))
+    assert [(k.tenant, k.weight, k.key) for k in loaded] == [
+        ("default", 1.0, b"flag-key"),
+        ("default", 1.0, b"file-key"),
+        ("search", 3.0, b"search-key"),
+    ]
+    assert "search-key" not in repr(loaded), "a key never appears in a repr or a log"
     with pytest.raises(SettingsError, match="cannot read"):
         load_api_keys(Settings(api_key_file=str(keys) + ".missing"))
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("a b\n", "line 1: expected KEY or NAME WEIGHT KEY"),
+        ("ok 0 secret-1\n", "line 1: the weight must be a positive number"),
+        ("# c\nok x secret-1\n", "line 2: the weight must be a positive number"),
+        ("b@d 1 secret-1\n", "line 1: a tenant name is letters"),
+        ("t 1 secret-1\nt 2 secret-2\n", "tenant t is given two weights"),
+    ],
+)
+def test_a_bad_key_file_line_is_refused_without_quoting_the_key(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    from embedloom.server.guard import load_api_keys
+
+    keys = tmp_path / "keys"
+    keys.write_text(text)
+    with pytest.raises(SettingsError, match=problem) as refused:
+        load_api_keys(Settings(api_key_file=str(keys)))
+    assert "secret" not in str(refused.value)
 
 
 @pytest.mark.parametrize(

@@ -317,7 +317,9 @@ async def test_retry_after_follows_the_measured_drain_rate() -> None:
             return super().embed(batch)
 
     backend = SlowBackend(hold_batches=True)
-    async with running(backend, clock, max_batch_size=4, max_queued_inputs=8) as engine:
+    async with running(
+        backend, clock, max_batch_size=4, max_queued_inputs=8, admission="count"
+    ) as engine:
         backend.release()
         await engine.embed(["a", "b", "c", "d"])  # 4 inputs in 2 s: 2 inputs/s
         held = asyncio.create_task(engine.embed(["e", "f", "g", "h", "i", "j", "k", "l"]))
@@ -380,8 +382,9 @@ async def test_token_vectors_come_back_per_input_in_batches_of_their_own() -> No
     assert result.token_vectors is not None
     assert [rows.shape for rows in result.token_vectors] == [(2, 4), (3, 4)]
     np.testing.assert_array_equal(result.token_vectors[1], expected(["x", "y", "z"]))
-    # Held, then the tokens batch (the oldest queued), then the pooled one.
-    assert backend.batches == [["held"], ["ab", "xyz"], ["cd"]]
+    # Held, then the pooled one (the shorter request goes first: fairness.py), then
+    # the tokens batch: never one batch for both tasks.
+    assert backend.batches == [["held"], ["cd"], ["ab", "xyz"]]
 
 
 async def test_left_truncation_keeps_the_end_of_an_input() -> None:

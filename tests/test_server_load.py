@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.helpers import ServerProcess, long_text
+from tests.helpers import ServerProcess, long_text, metric_value
 
 pytestmark = pytest.mark.model
 
@@ -89,3 +90,48 @@ async def test_sigterm_finishes_admitted_requests_refuses_new_ones_and_exits_0()
     assert late is None or late.status_code == 503
     assert time.monotonic() - started < 30
     assert exit_code == 0
+
+
+async def test_two_tenants_under_a_saturating_load_get_the_shares_their_weights_say(
+    tmp_path: Path,
+) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("light 1 light-secret-key\nheavy 3 heavy-secret-key\n")
+    # Shares, not admission: a long queue (no refusals) keeps both tenants backlogged.
+    server = await asyncio.to_thread(
+        ServerProcess.start, "--api-key-file", str(keys), "--max-queue-wait", "60"
+    )
+    texts = [f"sentence {i} about a river, a stone and the weather" for i in range(8)]
+    answered = 0
+    snapshots: list[str] = []
+    with server:
+        limits = httpx.Limits(max_connections=60, max_keepalive_connections=60)
+        metrics_key = {"Authorization": "Bearer light-secret-key"}
+        async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:
+            marks = iter((600, 2400))
+            mark = next(marks)
+
+            async def closed_loop(tenant: str) -> None:
+                nonlocal answered, mark
+                headers = {"Authorization": f"Bearer {tenant}-secret-key"}
+                while len(snapshots) < 2:
+                    reply = await client.post("/embed", json={"inputs": texts}, headers=headers)
+                    assert reply.status_code == 200, reply.text
+                    answered += len(texts)
+                    if answered >= mark:
+                        mark = next(marks, 10**9)
+                        # Measured between two points where both are backlogged.
+                        snapshots.append((await client.get("/metrics", headers=metrics_key)).text)
+
+            # Many callers each, more than the batches in flight take: both tenants
+            # always have work queued, so only the weights decide the order.
+            await asyncio.gather(*(closed_loop(t) for t in ("light", "heavy") for _ in range(24)))
+        assert await asyncio.to_thread(server.terminate) == 0
+
+    def embedded(tenant: str, text: str) -> float:
+        return metric_value(text, "embedloom_tenant_inputs_embedded_total", tenant=tenant)
+
+    served = {t: embedded(t, snapshots[1]) - embedded(t, snapshots[0]) for t in ("light", "heavy")}
+    # 3 : 1, counted by the engine: 24 of each batch of 32 for heavy, 8 for light.
+    assert 2.5 <= served["heavy"] / served["light"] <= 3.5, served
+    assert "secret" not in snapshots[1], "a key never appears in a metric"

@@ -1,24 +1,29 @@
 """The batching decision: queue state in, the next batch out. Pure, no threads.
 
-The engine keeps queued inputs in arrival order and asks ``plan_batch`` which
-of them to run next. The rules, in order:
+The engine hands ``plan_batch`` its queued inputs in the order it would serve
+them (``engine.fairness``: fair shares between tenants and requests, or arrival
+order) and asks which of them to run next. The rules, in order:
 
 0. **Deadlines.** An input whose deadline has passed is never planned into a
    batch: its position is reported in ``expired`` for the engine to fail.
    **Tasks.** A batch holds one task (pooled vectors, or per-token ones): the
    most urgent input's; the others wait for a batch of their own.
 1. **Fairness and priority.** Inputs are ranked by priority class (high,
-   normal, low), then age; the most urgent input is always in the batch, and
-   later arrivals can be grouped around it but never starve it. Ageing: every
-   ``ageing_seconds`` an input waits raises it one class, so low priority
-   still progresses under a sustained stream of high. With one class only this
-   is plain arrival order: the oldest input is always in the batch.
+   normal, low), then by the order given; the most urgent input is always in
+   the batch, and later ones can be grouped around it but never starve it.
+   Ageing: every ``ageing_seconds`` a request waits without progress (since it
+   was queued or last had an input taken) raises its inputs one class, so low
+   priority still progresses under a sustained stream of high: an input waits
+   at most about two periods before it ranks with fresh high work. Counted from
+   progress, not arrival, so a long request served its fair share all along
+   does not jump ahead of its own class. With one class only, the order given
+   is kept: its first input is always in the batch.
 2. **Limits.** At most ``max_batch_size`` inputs, and padded length × batch size
    at most ``max_batch_tokens`` (padding is real work for the model).
-3. **Length grouping.** The oldest ``window`` inputs, sorted by length, are split
+3. **Length grouping.** The first ``window`` inputs, sorted by length, are split
    into the runs that would process all of them with the least work, where one
    run costs ``overhead_tokens`` (the fixed cost of a model call) + its padded
-   tokens; the batch is the run holding the oldest input. Grouping lengths cuts
+   tokens; the batch is the run holding the most urgent input. Grouping lengths cuts
    padding; the overhead term keeps the split from making calls too small to be
    efficient; planning for the whole window (not just the next batch) keeps the
    first batch from taking a tight cluster and leaving a costly remainder.
@@ -52,7 +57,9 @@ class HasTokens(Protocol):
         ...
 
     @property
-    def enqueued_at(self) -> float: ...
+    def waiting_since(self) -> float:
+        """Since when its request has waited without progress (ageing's measure)."""
+        ...
 
     @property
     def deadline(self) -> float | None:
@@ -78,7 +85,7 @@ class BatchPolicy:
     max_batch_tokens: int
     max_batch_size: int
     overhead_tokens: int = 64
-    # How many of the oldest inputs are planned together. Two batches' worth is
+    # How many of the first inputs are planned together. Two batches' worth is
     # enough to group lengths well; more only costs planning time on the loop.
     window: int = 64
     # The ``locked`` strategy: no batching across requests; each batch holds the
@@ -99,7 +106,7 @@ class BatchPolicy:
 
 @dataclass(frozen=True, slots=True)
 class BatchPlan:
-    """Positions (in the queue's arrival order, ascending) of the inputs to run."""
+    """Positions (in the queue as given, ascending) of the inputs to run."""
 
     positions: tuple[int, ...]
     padded_length: int
@@ -123,7 +130,7 @@ def plan_batch(
     model_idle: bool = True,
     now: float = 0.0,
 ) -> BatchPlan | None:
-    """Choose the next batch from ``queue`` (in arrival order), or None to wait.
+    """Choose the next batch from ``queue`` (in service order), or None to wait.
 
     ``now`` is the engine's clock, for deadlines and ageing. A plan may hold
     only ``expired`` inputs (no positions) when nothing else is queued. An
@@ -169,15 +176,16 @@ def _urgency_order(
     queue: Sequence[HasTokens], policy: BatchPolicy, now: float, expired: set[int]
 ) -> list[int]:
     """Positions of the live inputs, most urgent first: by priority class raised one
-    step per ``ageing_seconds`` waited, then by arrival."""
+    step per ``ageing_seconds`` waited, then by the order given."""
     live = [i for i in range(len(queue)) if i not in expired] if expired else range(len(queue))
     if all(queue[i].priority_class == NORMAL_PRIORITY for i in live):
-        return list(live)  # one class: arrival order, no sorting
+        return list(live)  # one class: the order given, no sorting
 
-    def urgency(position: int) -> tuple[float, int]:
+    def urgency(position: int) -> tuple[float, float, int]:
         item = queue[position]
-        aged = (now - item.enqueued_at) // policy.ageing_seconds
-        return (item.priority_class - aged, position)
+        aged = (now - item.waiting_since) // policy.ageing_seconds
+        # Lifted to the same rank as another class's input, the longer waiter goes first.
+        return (item.priority_class - aged, -aged, position)
 
     return sorted(live, key=urgency)
 

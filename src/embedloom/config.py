@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any, Literal, get_args, get_origin
 __all__ = ["ENV_PREFIX", "PER_MODEL_SETTINGS", "ModelSpec", "Settings", "SettingsError"]
 
 ENV_PREFIX = "EMBEDLOOM_"
+_HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 LogFormat = Literal["text", "json"]
@@ -27,6 +29,8 @@ BackendName = Literal["auto", "torch", "onnx", "openvino"]
 DType = Literal["auto", "fp32", "bf16", "fp16", "int8"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 Tracing = Literal["off", "console", "otlp"]
+AdmissionPolicy = Literal["wait", "count"]
+Scheduling = Literal["fair", "fifo"]
 
 
 class SettingsError(ValueError):
@@ -118,6 +122,30 @@ class Settings:
         metadata={
             "help": "admission bound: inputs admitted (queued + running); "
             "past it requests fail fast with 429"
+        },
+    )
+    admission: AdmissionPolicy = dataclasses.field(
+        default="wait",
+        metadata={
+            "help": "how requests are admitted: wait (only if the work that would run before "
+            "it drains within --max-queue-wait, by the measured drain rate; "
+            "--max-queued-inputs stays a memory bound) or count (by --max-queued-inputs only)"
+        },
+    )
+    max_queue_wait: float = dataclasses.field(
+        default=0.5,
+        metadata={
+            "help": "with --admission wait: the most seconds of queued work a request is "
+            "admitted behind (its own work is not counted); past it, 429 at once with "
+            "Retry-After"
+        },
+    )
+    scheduling: Scheduling = dataclasses.field(
+        default="fair",
+        metadata={
+            "help": "the order queued inputs run in: fair (weighted fair shares between "
+            "tenants, then between requests, so short requests do not wait behind long "
+            "ones) or fifo (arrival order)"
         },
     )
     batch_overhead_tokens: int = dataclasses.field(
@@ -212,7 +240,18 @@ class Settings:
         },
     )
     api_key_file: str = dataclasses.field(
-        default="", metadata={"help": "a file of API keys, one per line (with --api-key too)"}
+        default="",
+        metadata={
+            "help": "a file of API keys, one per line: KEY, or NAME WEIGHT KEY to name a "
+            "tenant and its weight in fair shares (with --api-key too)"
+        },
+    )
+    tenant_header: str = dataclasses.field(
+        default="",
+        metadata={
+            "help": "a header naming the tenant, set by a trusted proxy in front (honoured "
+            "only when given); without it the tenant is the API key's name"
+        },
     )
     max_body_bytes: int = dataclasses.field(
         default=8 * 1024 * 1024,
@@ -282,6 +321,10 @@ class Settings:
             raise SettingsError("replicas and threads must not be negative (0 means automatic)")
         if self.batch_overhead_tokens < 0:
             raise SettingsError("batch_overhead_tokens must not be negative")
+        if not self.max_queue_wait > 0:
+            raise SettingsError(f"max_queue_wait must be positive, got {self.max_queue_wait}")
+        if self.tenant_header and not _HEADER_NAME.fullmatch(self.tenant_header):
+            raise SettingsError(f"tenant_header: {self.tenant_header!r} is not an HTTP header name")
         if not 0 <= self.port <= 65535:
             raise SettingsError(f"port must be between 0 and 65535, got {self.port}")
         if self.max_client_batch_size > self.max_queued_inputs:

@@ -48,6 +48,9 @@ class Embedder:
         settings = settings or Settings.from_environment()
         if model is not None:
             settings = settings.replace(model=model)
+        # Its callers block for one of a few chunk slots instead of being refused:
+        # a target wait is a server's policy, and admission here only a memory bound.
+        settings = settings.replace(admission="count")
         self._engine = Engine.from_settings(settings, batch_per_request=batch_per_request)
         self._chunk = max(1, self._engine.admission_limit() // _CHUNKS_IN_FLIGHT)
         self._loop = asyncio.new_event_loop()

@@ -19,6 +19,7 @@ PER_MODEL_SETTINGS = (
     "max_batch_size",
     "batch_overhead_tokens",
     "max_queued_inputs",
+    "max_queue_wait",
     "sharing",
     "replicas",
     "inference_timeout",

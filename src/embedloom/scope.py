@@ -1,9 +1,10 @@
 """The request scope: who the current work is for, carried in ``contextvars``.
 
 A scope is set where a request enters (the HTTP middleware, or a library call)
-and read anywhere below it: log lines, metrics, the engine (its deadline and
-priority). It follows work into threads only because all offloading goes
-through ``embedloom.offload``, which copies the context.
+and read anywhere below it: log lines, metrics, the engine (its deadline,
+priority and tenant: whose fair share it is served from). It follows work
+into threads only because all offloading goes through ``embedloom.offload``,
+which copies the context.
 
 Batches mix requests, so a batch has a scope of its own, entered by the
 inference thread while the batch runs: log lines written then name the batch
@@ -13,6 +14,7 @@ and every request in it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import threading
@@ -35,8 +37,12 @@ __all__ = [
     "current_scope",
     "new_request_id",
     "request_scope",
+    "tenant_scope",
     "valid_request_id",
 ]
+
+# Everyone's tenant when no key name or tenant header says otherwise.
+DEFAULT_TENANT = "default"
 
 Priority = Literal["high", "normal", "low"]
 PRIORITIES: tuple[Priority, ...] = ("high", "normal", "low")
@@ -61,6 +67,8 @@ class RequestScope:
     deadline: float | None = None
     priority: Priority = "normal"
     trace_parent: str | None = None  # the incoming W3C traceparent, if any
+    tenant: str = DEFAULT_TENANT
+    tenant_weight: float = 1.0  # its weight in fair shares of the compute
     cancelled: threading.Event = field(default_factory=threading.Event, compare=False)
     clock: Callable[[], float] = field(default=time.monotonic, compare=False, repr=False)
 
@@ -117,6 +125,21 @@ def request_scope(
     token = _current.set(scope)
     try:
         yield scope
+    finally:
+        _current.reset(token)
+
+
+@contextmanager
+def tenant_scope(tenant: str, weight: float = 1.0) -> Iterator[RequestScope | None]:
+    """Within the block, the current request is served for ``tenant`` (known only once
+    its credentials are checked, after the scope was entered)."""
+    scope = _current.get()
+    if scope is None:
+        yield None
+        return
+    token = _current.set(dataclasses.replace(scope, tenant=tenant, tenant_weight=weight))
+    try:
+        yield _current.get()
     finally:
         _current.reset(token)
 

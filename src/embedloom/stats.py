@@ -54,7 +54,7 @@ class RateEstimator:
         self._smoothing = smoothing
         self._rate: float | None = None
 
-    def record(self, units: int, seconds: float) -> None:
+    def record(self, units: float, seconds: float) -> None:
         if seconds <= 0 or units <= 0:
             return
         sample = units / seconds

@@ -1,4 +1,13 @@
-"""Admission: how many inputs an engine holds (queued + running), per priority.
+"""Admission: whether an engine takes a request now, or refuses it at once.
+
+Two bounds. By time (``--admission wait``, the default): a request is admitted
+only if the work predicted to run before it (``Scheduler.predicted_wait``: the
+fair order's work ahead, by the measured drain rate) drains within the target
+wait, or its own deadline if that is sooner; a request is never refused when
+nothing is admitted (its own work may be longer than the target: that is
+service, not waiting). By count, always: how many inputs an engine holds
+(queued + running), per priority — a memory bound, and all there is with
+``--admission count``.
 
 Capacity is held as a ``Permit``: ``Admission.acquire`` fails fast
 (``Overloaded``, with a Retry-After estimated from the measured drain rate) or
@@ -75,10 +84,30 @@ class Admission:
             return self._max
         return max(1, int(self._max * _CLASS_SHARE[priority]))
 
-    def acquire(self, size: int, priority: Priority) -> Permit:
-        """A permit for ``size`` inputs, or ``TooManyInputs`` / ``Overloaded`` at once."""
+    def acquire(
+        self,
+        size: int,
+        priority: Priority,
+        *,
+        wait: float | None = None,
+        max_wait: float | None = None,
+    ) -> Permit:
+        """A permit for ``size`` inputs, or ``TooManyInputs`` / ``Overloaded`` at once.
+
+        ``wait``: the seconds the request is predicted to wait (None: not known);
+        over ``max_wait`` it is refused, unless nothing is admitted."""
         if size > self._max:
             raise TooManyInputs(count=size, limit=self._max)
+        if wait is not None and max_wait is not None and wait > max_wait and self._admitted > 0:
+            self._rejected += 1
+            # Once the work ahead has drained to the target, it would be admitted.
+            retry_after = _within_range(wait - max_wait)
+            raise Overloaded(
+                f"about {wait:.3f}s of queued work would run before this request; the "
+                f"server admits behind at most {max_wait:.3f}s (--max-queue-wait, or the "
+                f"request's own deadline); retry in about {retry_after:.0f}s",
+                retry_after=retry_after,
+            )
         share = self.limit(priority)
         if self._admitted + size > share and self._admitted > 0:
             self._rejected += 1
@@ -98,8 +127,7 @@ class Admission:
 
     def retry_after(self) -> float:
         rate = self._drain_rate.rate
-        estimate = self._admitted / rate if rate else _RETRY_AFTER_RANGE[0]
-        return min(max(estimate, _RETRY_AFTER_RANGE[0]), _RETRY_AFTER_RANGE[1])
+        return _within_range(self._admitted / rate if rate else _RETRY_AFTER_RANGE[0])
 
     async def wait_idle(self) -> None:
         """Return once nothing is admitted."""
@@ -115,3 +143,7 @@ class Admission:
 
     def __repr__(self) -> str:
         return f"<Admission admitted={self._admitted}/{self._max} rejected={self._rejected}>"
+
+
+def _within_range(seconds: float) -> float:
+    return min(max(seconds, _RETRY_AFTER_RANGE[0]), _RETRY_AFTER_RANGE[1])

@@ -44,12 +44,13 @@ from embedloom.errors import (
     InputTooLong,
     InvalidInput,
     NotThisTask,
+    Overloaded,
     Unavailable,
 )
 from embedloom.memory import keep_native_memory_flat
 from embedloom.offload import run_in_thread
 from embedloom.prompts import ModelPrompts, pooling_mode
-from embedloom.scope import PRIORITIES, Priority, current_scope
+from embedloom.scope import DEFAULT_TENANT, PRIORITIES, Priority, current_scope
 from embedloom.setup import ModelSetup
 from embedloom.sharing import (
     InferenceWorker,
@@ -150,6 +151,8 @@ class Engine(TaskCalls):
             policy,
             self._admission,
             inference_timeout=self._settings.inference_timeout,
+            fifo=self._settings.scheduling == "fifo",
+            others_backlog=self._others_backlog if slots is not None else None,
         )
 
     @classmethod
@@ -227,6 +230,11 @@ class Engine(TaskCalls):
     def _time(self) -> float:
         return self._loop.time() if self._loop is not None else time.monotonic()
 
+    def _others_backlog(self) -> list[float]:
+        """Seconds of work queued at the other models sharing this one's slots."""
+        assert self._slots is not None
+        return self._slots.backlogs(excluding=self._name)
+
     @property
     def prompts(self) -> ModelPrompts:
         """The model's named prompts and the default one."""
@@ -297,6 +305,8 @@ class Engine(TaskCalls):
         self._state = EngineState.STARTING
         self._loop = asyncio.get_running_loop()
         self._scheduler.start(self._loop)
+        if self._slots is not None:
+            self._slots.publish_backlog(self._name, self._scheduler.backlog_seconds)
         if self._tune_memory:
             # Here, not when built: a pre-forking master builds the engine, and the
             # trimming thread must start in each worker, after the fork.
@@ -353,6 +363,8 @@ class Engine(TaskCalls):
             self._scheduler.fail_waiting(Unavailable("the engine closed before this request ran"))
         self._state = EngineState.CLOSED
         self._scheduler.stop()
+        if self._slots is not None:
+            self._slots.publish_backlog(self._name, None)
         await self._offload(self._worker.close, grace)
 
     async def __aenter__(self) -> Self:
@@ -506,9 +518,20 @@ class Engine(TaskCalls):
         priority: Priority,
         task: Task = "embed",
     ) -> Request:
-        permit = self._admission.acquire(size, priority)
         assert self._loop is not None
         scope = current_scope()
+        tenant, weight = (scope.tenant, scope.tenant_weight) if scope else (DEFAULT_TENANT, 1.0)
+        wait = max_wait = None
+        if self._settings.admission == "wait":
+            max_wait = self._settings.max_queue_wait
+            if deadline is not None:
+                max_wait = min(max_wait, deadline - self._loop.time())
+            wait = self._scheduler.predicted_wait(size, tenant, weight, PRIORITIES.index(priority))
+        try:
+            permit = self._admission.acquire(size, priority, wait=wait, max_wait=max_wait)
+        except Overloaded:
+            self._scheduler.count_refused(tenant)
+            raise
         request = Request(
             self._loop.create_future(),
             size,
@@ -520,10 +543,12 @@ class Engine(TaskCalls):
             priority,
             permit,
             task,
+            tenant,
+            weight,
         )
         request.admitted_at = self._loop.time()
         request.span = tracing.current_span_context()
-        self._scheduler.track(request)
+        self._scheduler.track(request, size)
         logger.debug(
             "admitted %d inputs at %s priority (%d admitted in all)",
             size,

@@ -2,7 +2,8 @@
 and what comes back.
 
 All on the event loop's thread (so the queue needs no lock): inputs are queued
-→ ``plan_batch`` (pure) cuts the next batch → the worker's thread runs it →
+(``fairness``: in the order they will be served, fair between tenants and
+requests) → ``plan_batch`` (pure) cuts the next batch → the worker's thread runs it →
 rows are written back into each request at their own index, so outputs keep
 the request's order and never mix with another's. A request whose caller goes
 away is removed from the queue at once; if a batch holding it is already
@@ -15,6 +16,11 @@ inference threads that died or hang: what they held fails, what was queued
 fails at once (rather than wait on a model that may never answer), and the
 scheduler reports itself recovering until the thread and its model are
 replaced.
+
+The scheduler also predicts how long a newcomer would wait (``predicted_wait``),
+for admission: the work the fair order would run before it finishes, other than
+its own, divided by the drain rate measured over recent batches in the same
+cost units (so it follows the machine as it speeds up or slows down).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import asyncio
 import functools
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -33,6 +39,9 @@ from embedloom.backends.base import Backend, Row, TokenizedInput
 from embedloom.batching import BatchPolicy, plan_batch
 from embedloom.engine.admission import Admission
 from embedloom.engine.api import Embeddings
+from embedloom.engine.drain import DrainModel
+from embedloom.engine.fairness import FairQueue
+from embedloom.engine.statistics import TenantStatistics
 from embedloom.engine.work import RAGGED_TASKS, Job, QueuedInput, Request, finished_vectors
 from embedloom.errors import BackendError, DeadlineExceeded, EmbedloomError, Unavailable
 from embedloom.sharing import InferenceWorker, ThreadFault
@@ -51,6 +60,13 @@ _SECONDS_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 # How often the watchdog looks at the inference threads, at most; a shorter hang
 # limit is checked four times per limit.
 _WATCHDOG_INTERVAL = 1.0
+# Tokens an input is assumed to hold before any is measured (a short sentence).
+_FIRST_GUESS_TOKENS = 24
+# How fast the mean input cost follows what arrives (per request).
+_COST_SMOOTHING = 0.05
+# Tenants counted apart in the statistics; past this many, the rest are "other"
+# (tenant names from a header are the caller's to choose).
+MAX_COUNTED_TENANTS = 64
 
 
 class Scheduler:
@@ -64,14 +80,28 @@ class Scheduler:
         admission: Admission,
         *,
         inference_timeout: float,
+        fifo: bool = False,
+        others_backlog: Callable[[], list[float]] | None = None,
     ) -> None:
+        """``others_backlog``: seconds of work queued at each other engine sharing this
+        one's compute slots (their work competes for the same cores)."""
         self._worker = worker
         self._policy = policy
         self._admission = admission
         self._inference_timeout = inference_timeout
+        self._others_backlog = others_backlog
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
-        self._queue: deque[QueuedInput] = deque()
+        self._queue: FairQueue[QueuedInput] = FairQueue(
+            policy.overhead_tokens, policy.max_batch_size, fifo=fifo
+        )
+        # What a batch costs in seconds, a new input's expected cost, and the
+        # work admitted but not yet queued.
+        self._drain = DrainModel(policy.overhead_tokens)
+        self._input_cost = self._queue.cost_of_tokens(_FIRST_GUESS_TOKENS)
+        self._unqueued: dict[int, float] = {}  # request → its predicted cost
+        # Per tenant: requests admitted and refused, inputs embedded.
+        self._tenants: dict[str, list[int]] = {}
         # Halves of failed batches, run before anything new is planned.
         self._retries: deque[list[QueuedInput]] = deque()
         # Batches handed to the worker and not yet finished (nor given up on).
@@ -127,13 +157,70 @@ class Scheduler:
         """Why inference threads are being replaced (None while none is)."""
         return "; ".join(self._recovering.values()) if self._recovering else None
 
-    def track(self, request: Request) -> None:
-        """A request was admitted: count it, and fail it when its deadline passes
-        while queued (the batcher also skips expired inputs itself)."""
+    def track(self, request: Request, size: int) -> None:
+        """A request of ``size`` inputs was admitted: count it, hold its predicted cost
+        until it is queued, and fail it when its deadline passes while queued (the
+        batcher also skips expired inputs itself)."""
         assert self._loop is not None
         self._counts["requests_admitted"] += 1
+        self._tenant_counts(request.tenant)[0] += 1
+        self._unqueued[id(request)] = size * self._input_cost
         if request.deadline is not None:
             request.timer = self._loop.call_at(request.deadline, self._expire, request)
+
+    def count_refused(self, tenant: str) -> None:
+        self._tenant_counts(tenant)[1] += 1
+
+    def _tenant_counts(self, tenant: str) -> list[int]:
+        counts = self._tenants.get(tenant)
+        if counts is None:
+            if len(self._tenants) >= MAX_COUNTED_TENANTS:
+                tenant = "other"
+            counts = self._tenants.setdefault(tenant, [0, 0, 0])
+        return counts
+
+    def _settle_unqueued(self, request: Request) -> None:
+        self._unqueued.pop(id(request), None)
+
+    def predicted_wait(
+        self, size: int, tenant: str, weight: float, priority_class: int
+    ) -> float | None:
+        """Seconds a new request of ``size`` inputs would wait (its own work aside), or
+        None before any batch has been measured."""
+        if not self._drain.measured:
+            return None
+        own = size * self._input_cost
+        ahead = self._queue.cost_ahead(tenant, weight, priority_class, own)
+        running = sum(self._queue.cost(item) for job in self._jobs.values() for item in job.items)
+        # Requests being tokenised will be queued beside it, interleaved as fairly.
+        ahead += sum(min(cost, own) for cost in self._unqueued.values())
+        # A running batch is half done on average.
+        seconds = self._seconds_for(ahead + running / 2)
+        if self._others_backlog is not None:
+            # Other models' batches take the same cores, interleaved with this one's
+            # (slots are granted in turn): each delays it by as much of its backlog
+            # as runs before this request would be done.
+            done_by = seconds + self._seconds_for(own)
+            seconds += sum(min(other, done_by) for other in self._others_backlog())
+        return seconds
+
+    def _seconds_for(self, cost: float) -> float:
+        """Seconds the inference threads take over queued work of ``cost``, run in
+        batches as full as the limits allow (as they are under load)."""
+        if cost <= 0:
+            return 0.0
+        full_batch = min(
+            self._policy.max_batch_size * self._input_cost, self._policy.max_batch_tokens
+        )
+        calls = max(1.0, cost / full_batch)
+        return self._drain.seconds(cost, calls) / self._worker.parallelism
+
+    def backlog_seconds(self) -> float:
+        """Seconds of work queued here (0 before a batch is measured): what it adds to
+        another model's wait."""
+        if not self._drain.measured:
+            return 0.0
+        return self._seconds_for(self._queue.queued_cost + sum(self._unqueued.values()))
 
     def count_dropped(self, inputs: int) -> None:
         """Inputs that never reached the engine (a stream left early)."""
@@ -149,18 +236,24 @@ class Scheduler:
             "input_length": self._input_length.snapshot(),
             "queue_seconds": self._queue_seconds.snapshot(),
             "inference_seconds": self._inference_seconds.snapshot(),
+            "tenants": {name: TenantStatistics(*counts) for name, counts in self._tenants.items()},
             **self._counts,
         }
 
     def enqueue(self, request: Request, tokenized: list[TokenizedInput]) -> None:
         now = self._now()
-        for index, tokens in enumerate(tokenized):
-            self._queue.append(QueuedInput(request, index, tokens, now))
+        items = [QueuedInput(request, index, tokens, now) for index, tokens in enumerate(tokenized)]
+        for tokens in tokenized:
             self._input_length.observe(tokens.n_tokens)
             request.tokens += tokens.n_tokens
+        self._queue.push(items, request.tenant, request.tenant_weight)
+        self._settle_unqueued(request)
+        if items and self.serving.is_set():  # the warm-up is not traffic
+            mean = self._queue.cost_of_tokens(request.tokens / len(items))
+            self._input_cost += _COST_SMOOTHING * (mean - self._input_cost)
         self._counts["input_tokens"] += request.tokens
         request.enqueued = True
-        request.enqueued_at = now
+        request.enqueued_at = request.waiting_since = now
         if request.span is not None:
             request.queued_ns = tracing.now_ns()
         self.dispatch()
@@ -172,20 +265,21 @@ class Scheduler:
             self._submit(self._retries.popleft())
         while self._queue and len(self._jobs) < self._worker.capacity:
             idle = len(self._jobs) < self._worker.parallelism
-            plan = plan_batch(self._queue, self._policy, model_idle=idle, now=self._now())
+            order = self._queue.service_order(self._policy.window)
+            plan = plan_batch(order, self._policy, model_idle=idle, now=self._now())
             if plan is None:
                 return
             if plan.expired:
-                queued = list(self._queue)
-                for request in {
-                    id(r): r for r in (queued[i].request for i in plan.expired)
-                }.values():
+                expired = (order[i].request for i in plan.expired)
+                for request in {id(r): r for r in expired}.values():
                     self._expire(request)
                 continue
-            items = self._take(plan.positions)
+            items = [order[i] for i in plan.positions]
+            self._queue.take(items)
             now = self._now()
             for item in items:
                 self._queue_seconds.observe(now - item.enqueued_at)
+                item.request.waiting_since = now
                 if not item.request.started_at:
                     item.request.started_at = now
             if tracing.enabled():
@@ -198,13 +292,6 @@ class Scheduler:
         job = Job(self._next_batch_id, items, self._loop, self._on_job_done)
         self._jobs[job.batch_id] = job
         self._worker.submit(job)
-
-    def _take(self, positions: Sequence[int]) -> list[QueuedInput]:
-        """Remove the inputs at ``positions`` (ascending) from the front of the queue."""
-        head = [self._queue.popleft() for _ in range(positions[-1] + 1)]
-        chosen = set(positions)
-        self._queue.extendleft(reversed([q for i, q in enumerate(head) if i not in chosen]))
-        return [head[i] for i in positions]
 
     def _on_job_done(
         self,
@@ -273,6 +360,8 @@ class Scheduler:
         self._batch_tokens.observe(padded)
         self._inference_seconds.observe(seconds)
         self._admission.record_drain(len(taken), seconds)
+        if self.serving.is_set():  # not the warm-up: a first call pays for allocations
+            self._drain.record(padded, sum(item.n_tokens for item in taken), seconds)
 
     def _deliver(self, item: QueuedInput, vector: Row) -> None:
         request = item.request
@@ -286,6 +375,7 @@ class Scheduler:
             request.raw[item.index] = vector
         request.unfinished -= 1
         self._counts["inputs_embedded"] += 1
+        self._tenant_counts(request.tenant)[2] += 1
         if request.unfinished == 0:
             if request.timer is not None:
                 request.timer.cancel()
@@ -340,6 +430,7 @@ class Scheduler:
         if request.timer is not None:
             request.timer.cancel()
         request.cancelled = True
+        self._settle_unqueued(request)
         if not request.enqueued:
             request.permit.release_all()
             return
@@ -347,10 +438,7 @@ class Scheduler:
         self._counts["inputs_dropped"] += dropped
 
     def _remove_queued(self, request: Request) -> int:
-        before = len(self._queue)
-        if before:
-            self._queue = deque(q for q in self._queue if q.request is not request)
-        removed = before - len(self._queue)
+        removed = len(self._queue.remove(request))
         if self._retries:
             kept = [[q for q in part if q.request is not request] for part in self._retries]
             removed += sum(map(len, self._retries)) - sum(map(len, kept))

@@ -8,7 +8,16 @@ from dataclasses import dataclass
 from embedloom.sharing import WorkerStatistics
 from embedloom.stats import HistogramSnapshot
 
-__all__ = ["EngineStatistics"]
+__all__ = ["EngineStatistics", "TenantStatistics"]
+
+
+@dataclass(frozen=True, slots=True)
+class TenantStatistics:
+    """One tenant's counts (a key's name, or the tenant header's value)."""
+
+    requests_admitted: int
+    requests_rejected: int  # refused by admission (429)
+    inputs_embedded: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,3 +47,5 @@ class EngineStatistics:
     queue_seconds: HistogramSnapshot
     inference_seconds: HistogramSnapshot
     worker: WorkerStatistics
+    # By tenant name, the first 64 seen; later ones together as "other".
+    tenants: dict[str, TenantStatistics]

@@ -74,9 +74,12 @@ class Request:
         "span",
         "started_at",
         "task",
+        "tenant",
+        "tenant_weight",
         "timer",
         "tokens",
         "unfinished",
+        "waiting_since",
     )
 
     def __init__(
@@ -91,8 +94,15 @@ class Request:
         priority: Priority,
         permit: Permit,
         task: Task = "embed",
+        tenant: str = "",
+        tenant_weight: float = 1.0,
     ) -> None:
         self.future = future
+        self.tenant = tenant  # whose fair share it is served from
+        self.tenant_weight = tenant_weight
+        # Since when it has waited without progress: queued, or its last input taken
+        # into a batch (what ageing measures).
+        self.waiting_since = 0.0
         self.task: Task = task
         # Tracing only (None when off): the request's span, and when it was queued
         # and when its first batch started, for the queue and inference spans.
@@ -141,6 +151,10 @@ class QueuedInput:
     @property
     def priority_class(self) -> int:
         return self.request.priority_class
+
+    @property
+    def waiting_since(self) -> float:
+        return self.request.waiting_since
 
     @property
     def owner(self) -> object:

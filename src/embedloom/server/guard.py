@@ -1,11 +1,18 @@
 """What a request must get past before any route sees it: the API key, the content type,
-the body size limit and the body read timeout. Also the transport limits given to
-uvicorn, so both ways of serving (one process, or gunicorn workers) set them alike.
+the body size limit and the body read timeout; and whose request it is (its tenant).
+Also the transport limits given to uvicorn, so both ways of serving (one process,
+or gunicorn workers) set them alike.
 
 A plain ASGI middleware inside ``RequestContextMiddleware``, so refusals still
 get a request id, an access-log line and a metric. The body is checked as it
 arrives: a declared ``Content-Length`` over the limit is refused before any of
 the body is read; a chunked body is cut off as soon as it passes the limit.
+
+The tenant (the unit of fair shares in the engine) is the header named by
+``--tenant-header`` when that is configured (a trusted proxy in front sets it),
+else the name of the API key that matched, else ``default``. A key's value is
+never a tenant's name: a key file line ``NAME WEIGHT KEY`` names it, and a bare
+key is ``default``'s.
 """
 
 from __future__ import annotations
@@ -14,11 +21,16 @@ import asyncio
 import hmac
 import ipaddress
 import logging
+import math
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedloom.config import Settings, SettingsError
+from embedloom.errors import InvalidInput
+from embedloom.scope import DEFAULT_TENANT, tenant_scope
 from embedloom.server.docs import ASSETS_URL, DOCS_URL, OPENAPI_URL
 from embedloom.server.errors import (
     BodyTimeout,
@@ -29,7 +41,7 @@ from embedloom.server.errors import (
     response_for,
 )
 
-__all__ = ["RequestGuard", "load_api_keys", "uvicorn_limits", "warn_if_exposed"]
+__all__ = ["ApiKey", "RequestGuard", "load_api_keys", "uvicorn_limits", "warn_if_exposed"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +56,17 @@ _JSON_TYPES = frozenset({"application/json", "application/x-www-form-urlencoded"
 KEEP_ALIVE_SECONDS = 5
 # The most bytes of an incomplete request head (request line + headers) h11 holds.
 _MAX_HEAD_BYTES = 16 * 1024
+# Tenant names go into metric labels and logs: short and plain.
+_TENANT_NAME = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An accepted key, the tenant it serves and that tenant's weight in fair shares."""
+
+    tenant: str
+    weight: float
+    key: bytes = field(repr=False)
 
 
 def uvicorn_limits(settings: Settings) -> dict[str, object]:
@@ -60,19 +83,51 @@ def uvicorn_limits(settings: Settings) -> dict[str, object]:
     }
 
 
-def load_api_keys(settings: Settings) -> tuple[bytes, ...]:
-    """The keys from ``--api-key`` and ``--api-key-file`` (one per line; # comments)."""
-    keys = list(settings.api_key)
+def load_api_keys(settings: Settings) -> tuple[ApiKey, ...]:
+    """The keys from ``--api-key`` (``default``'s) and ``--api-key-file``: one per line,
+    ``KEY`` or ``NAME WEIGHT KEY``; ``#`` starts a comment line."""
+    keys = [ApiKey(DEFAULT_TENANT, 1.0, key.encode()) for key in settings.api_key]
     if settings.api_key_file:
         path = Path(settings.api_key_file)
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except OSError as exc:
             raise SettingsError(f"api_key_file: cannot read {path}: {exc.strerror}") from exc
-        keys += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-        if not keys:
+        found = [
+            _parse_key_line(line.split(), path, number)
+            for number, line in enumerate(lines, 1)
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
+        if not found:
             raise SettingsError(f"api_key_file: {path} holds no key")
-    return tuple(key.encode() for key in keys)
+        keys += found
+    weights: dict[str, float] = {}
+    for key in keys:
+        if weights.setdefault(key.tenant, key.weight) != key.weight:
+            raise SettingsError(
+                f"api_key_file: tenant {key.tenant} is given two weights "
+                f"({weights[key.tenant]:g} and {key.weight:g}); give each of its keys the same"
+            )
+    return tuple(keys)
+
+
+def _parse_key_line(fields: list[str], path: Path, number: int) -> ApiKey:
+    # The key itself is never quoted in a message: the line number says which.
+    where = f"api_key_file: {path} line {number}"
+    if len(fields) == 1:
+        return ApiKey(DEFAULT_TENANT, 1.0, fields[0].encode())
+    if len(fields) != 3:
+        raise SettingsError(f"{where}: expected KEY or NAME WEIGHT KEY")
+    name, weight_text, key = fields
+    if not _TENANT_NAME.fullmatch(name):
+        raise SettingsError(f"{where}: a tenant name is letters, digits and ._:- (64 at most)")
+    try:
+        weight = float(weight_text)
+    except ValueError:
+        weight = math.nan
+    if not math.isfinite(weight) or weight <= 0:
+        raise SettingsError(f"{where}: the weight must be a positive number")
+    return ApiKey(name, weight, key.encode())
 
 
 def warn_if_exposed(settings: Settings) -> None:
@@ -100,9 +155,11 @@ def _is_loopback(host: str) -> bool:
 
 
 class RequestGuard:
-    def __init__(self, app: ASGIApp, settings: Settings, api_keys: tuple[bytes, ...]) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, api_keys: tuple[ApiKey, ...]) -> None:
         self._app = app
         self._keys = api_keys
+        self._weights = {key.tenant: key.weight for key in api_keys}
+        self._tenant_header = settings.tenant_header.lower().encode() or None
         self._max_body = settings.max_body_bytes
         self._body_timeout = settings.body_timeout or None
 
@@ -110,15 +167,39 @@ class RequestGuard:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        refusal = self._refusal(scope)
+        headers = _headers(scope)
+        key = self._matching_key(headers) if self._keys else None
+        refusal = self._refusal(scope, headers, key)
+        if refusal is None:
+            try:
+                tenant, weight = self._tenant(headers, key)
+            except InvalidInput as exc:
+                refusal = exc
         if refusal is not None:
             await response_for(refusal, scope["path"])(scope, receive, send)
             return
-        await self._app(scope, self._limited(receive), send)
+        with tenant_scope(tenant, weight):
+            await self._app(scope, self._limited(receive), send)
 
-    def _refusal(self, scope: Scope) -> HttpRefusal | None:
-        headers = _headers(scope)
-        if self._keys and not _is_open(scope["path"]) and not self._authorised(headers):
+    def _tenant(self, headers: dict[bytes, bytes], key: ApiKey | None) -> tuple[str, float]:
+        header = self._tenant_header
+        named = headers.get(header) if header else None
+        if header and named is not None:
+            name = named.decode("latin-1").strip()
+            if not _TENANT_NAME.fullmatch(name):
+                raise InvalidInput(
+                    f"the {header.decode()} header must name a tenant in letters, "
+                    "digits and ._:- (64 at most)"
+                )
+            return name, self._weights.get(name, 1.0)
+        if key is not None:
+            return key.tenant, key.weight
+        return DEFAULT_TENANT, 1.0
+
+    def _refusal(
+        self, scope: Scope, headers: dict[bytes, bytes], key: ApiKey | None
+    ) -> HttpRefusal | InvalidInput | None:
+        if self._keys and key is None and not _is_open(scope["path"]):
             return Unauthorized(
                 "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
                 headers={"WWW-Authenticate": "Bearer"},
@@ -138,16 +219,17 @@ class RequestGuard:
             return BodyTooLarge(self._too_large(int(declared)))
         return None
 
-    def _authorised(self, headers: dict[bytes, bytes]) -> bool:
+    def _matching_key(self, headers: dict[bytes, bytes]) -> ApiKey | None:
         scheme, _, offered = headers.get(b"authorization", b"").strip().partition(b" ")
         if scheme.lower() != b"bearer":
-            return False
+            return None
         offered = offered.strip()
         # Compare with every key, whatever matches: the time taken says nothing
         # about which key, or how much of one, was right.
-        matched = False
+        matched = None
         for key in self._keys:
-            matched |= hmac.compare_digest(offered, key)
+            if hmac.compare_digest(offered, key.key) and matched is None:
+                matched = key
         return matched
 
     def _too_large(self, size: int | None) -> str:

@@ -156,6 +156,11 @@ class _EngineCollector(Collector):
                     labels = ("model", "outcome") if outcome else ("model",)
                     counters[name] = CounterMetricFamily(name, documentation, labels=labels)
                 counters[name].add_metric((model, outcome) if outcome else (model,), value)
+            for name, documentation, outcome, tenant, value in _tenant_counters(stats):
+                names = ["model", "tenant", "outcome"] if outcome else ["model", "tenant"]
+                if name not in counters:
+                    counters[name] = CounterMetricFamily(name, documentation, labels=names)
+                counters[name].add_metric([model, tenant, outcome][: len(names)], value)
             for name, documentation, snapshot in _engine_histograms(stats):
                 if name not in histograms:
                     histograms[name] = HistogramMetricFamily(name, documentation, labels=("model",))
@@ -237,6 +242,17 @@ def _engine_counters(stats: EngineStatistics) -> Iterable[tuple[str, str, str, f
     )
 
 
+def _tenant_counters(stats: EngineStatistics) -> Iterable[tuple[str, str, str, str, float]]:
+    """(name, help, outcome label or "", tenant, total) per tenant (named by its key's
+    name or the tenant header; never by a key)."""
+    requests = ("embedloom_tenant_requests", "engine requests by tenant and admission outcome")
+    inputs = ("embedloom_tenant_inputs_embedded", "inputs embedded by tenant")
+    for tenant, counts in stats.tenants.items():
+        yield (*requests, "admitted", tenant, counts.requests_admitted)
+        yield (*requests, "rejected", tenant, counts.requests_rejected)
+        yield (*inputs, "", tenant, counts.inputs_embedded)
+
+
 def _engine_histograms(stats: EngineStatistics) -> Iterable[tuple[str, str, HistogramSnapshot]]:
     return (
         ("embedloom_batch_size", "inputs per batch", stats.batch_size),
@@ -312,6 +328,8 @@ class _EngineMirror:
                 self._set(name, documentation, model, value)
             for name, documentation, label, value in _engine_counters(stats):
                 self._add(name, documentation, model, label, value)
+            for name, documentation, outcome, tenant, value in _tenant_counters(stats):
+                self._add_by_tenant(name, documentation, (model, tenant, outcome), value)
             for name, documentation, snapshot in _engine_histograms(stats):
                 bounds = [*(_bound_label(b) for b in snapshot.bounds), "+Inf"]
                 for bound, count in zip(bounds, snapshot.counts, strict=True):
@@ -346,6 +364,20 @@ class _EngineMirror:
         if grown > 0:
             series.inc(grown)
             self._seen[(name, model, label)] = total
+
+    def _add_by_tenant(
+        self, name: str, documentation: str, labels: tuple[str, str, str], total: float
+    ) -> None:
+        counter = self._counters.get(name)
+        if counter is None:
+            names = ("model", "tenant", "outcome") if labels[2] else ("model", "tenant")
+            counter = self._counters[name] = Counter(name, documentation, names, registry=None)
+        series = counter.labels(*labels) if labels[2] else counter.labels(*labels[:2])
+        key = (name, labels[0], f"{labels[1]}/{labels[2]}")
+        grown = total - self._seen.get(key, 0.0)
+        if grown > 0:
+            series.inc(grown)
+            self._seen[key] = total
 
 
 class _Reassembled(Collector):

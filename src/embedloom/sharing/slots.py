@@ -12,12 +12,17 @@ idle, the others' replicas take every slot.
 Slots are granted first come, first served: a model flooded with work cannot
 overtake a batch of another model that asked first, so each model's batches
 keep running under the other's load.
+
+The models sharing slots also publish their backlogs here (seconds of queued
+work, read on the event loop): a request to one model waits behind the others'
+batches too, and its admission counts them.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["ComputeSlots", "SlotPermit", "SlotStatistics"]
@@ -76,10 +81,22 @@ class ComputeSlots:
         self._peak_by: Counter[str] = Counter()
         self._grants = 0
         self._waited = 0
+        self._backlogs: dict[str, Callable[[], float]] = {}
 
     @property
     def budget(self) -> int:
         return self._budget
+
+    def publish_backlog(self, owner: str, seconds: Callable[[], float] | None) -> None:
+        """Say how to read ``owner``'s queued work in seconds (None: it left)."""
+        if seconds is None:
+            self._backlogs.pop(owner, None)
+        else:
+            self._backlogs[owner] = seconds
+
+    def backlogs(self, *, excluding: str) -> list[float]:
+        """Seconds of queued work of every owner but ``excluding``."""
+        return [read() for owner, read in self._backlogs.items() if owner != excluding]
 
     def acquire(self, owner: str, count: int) -> SlotPermit:
         """Wait for ``count`` slots (at most the budget: a replica planned wider than

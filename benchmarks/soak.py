@@ -1,6 +1,6 @@
 """Reliability under overload, over time and through SIGTERM, against a real server.
 
-    .venv/bin/python benchmarks/soak.py            # ~14 minutes; writes docs/reliability.md
+    .venv/bin/python benchmarks/soak.py            # ~14 minutes; its section of docs/reliability.md
 
 Scenarios, each on a fresh ``embedloom serve`` (one process, default settings):
 
@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from doc_sections import write_section
 from embedloom.bench.http import Connection, Endpoint
 from workers import Server as WorkersServer
 from workload import sentences
@@ -402,7 +403,7 @@ def main() -> None:
     results = asyncio.run(main_async(args))
     text = report(results, args)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
+    write_section(args.output, text)  # benchmarks/latency.py writes another section
     print(text)
 
 

@@ -23,6 +23,7 @@ from embedloom.config import Settings
 from embedloom.engine import Engine
 from embedloom.prompts import ModelPrompts
 from embedloom.sharing import SharingPlan
+from embedloom.sharing.slots import ComputeSlots
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -201,6 +202,7 @@ async def running_engine(
     factory: Callable[[], FakeBackend] | None = None,
     clock: FakeClock | None = None,
     sharing: SharingPlan | None = None,
+    slots: ComputeSlots | None = None,
     prompts: ModelPrompts | None = None,
     **settings: Any,
 ) -> AsyncIterator[Engine]:
@@ -219,6 +221,7 @@ async def running_engine(
         settings=Settings(**settings),
         offload=inline,
         sharing=sharing,
+        slots=slots,
         prompts=prompts,
     )
     if backend.holds_batches:

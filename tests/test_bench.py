@@ -31,11 +31,14 @@ class FakeServer:
     """An HTTP endpoint on loopback speaking one dialect: ``openai`` (``/v1/embeddings``,
     listed in ``/openapi.json``) or ``tei`` (``/embed``, found through ``/info``). Every
     ``fail_every``-th embedding request is answered 503; each answer waits ``delay``
-    seconds first. It tallies what it answered."""
+    seconds first; with ``close_after``, a connection is closed after that many answers
+    without a word, as a server drops a kept-alive connection left idle. It tallies
+    what it answered."""
 
     dialect: str
     fail_every: int = 0
     delay: float = 0.0
+    close_after: int = 0
     answered: Counter[int] = field(default_factory=Counter)
     inputs_ok: int = 0
     url: str = ""
@@ -47,6 +50,7 @@ class FakeServer:
             writer.close()
 
     async def _exchanges(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        answers = 0
         while line := await reader.readline():
             method, path, _ = line.decode().split(" ", 2)
             length = 0
@@ -63,6 +67,9 @@ class FakeServer:
                 + payload
             )
             await writer.drain()
+            answers += 1
+            if answers == self.close_after:
+                return
 
     def _answer(self, method: str, path: str, body: bytes) -> tuple[int, bytes, str]:
         route = "/v1/embeddings" if self.dialect == "openai" else "/embed"
@@ -116,6 +123,21 @@ def _serve(server: FakeServer) -> Iterator[FakeServer]:
         [(loop, stop)] = running
         loop.call_soon_threadsafe(stop.set_result, None)
         thread.join(10)
+
+
+def test_a_kept_alive_connection_the_server_dropped_is_reopened_and_nothing_sent_twice() -> None:
+    from embedloom.bench.http import Connection, Endpoint
+
+    async def three_requests(url: str) -> list[int]:
+        connection = Connection(Endpoint.parse(url + "/v1/embeddings"))
+        body = json.dumps({"input": ["a"]}).encode()
+        answers = [await connection.request("POST", "/v1/embeddings", body) for _ in range(3)]
+        await connection.close()
+        return [answer.status for answer in answers]
+
+    for server in _serve(FakeServer("openai", close_after=1)):
+        assert asyncio.run(three_requests(server.url)) == [200, 200, 200]
+        assert server.answered == Counter({200: 3})
 
 
 def test_counts_tokens_and_errors_are_what_the_fake_served(

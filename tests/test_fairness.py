@@ -6,6 +6,8 @@ per token, on a fake clock. No timing: counts and orders."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +18,8 @@ from embedloom.engine import Engine
 from embedloom.engine.drain import DrainModel
 from embedloom.engine.fairness import FairQueue
 from embedloom.scope import request_scope, tenant_scope
-from tests.fakes import FakeBackend
+from embedloom.sharing.slots import ComputeSlots
+from tests.fakes import FakeBackend, running_engine
 from tests.test_engine import FakeClock, running, until_queued
 
 
@@ -158,6 +161,21 @@ async def fit(engine: Engine, backend: CostlyBackend, batches: int) -> None:
         await engine.embed([TEXT] * (1 if n % 2 else 8))
 
 
+@asynccontextmanager
+async def held_engine(
+    slots: ComputeSlots | None = None,
+) -> AsyncIterator[tuple[Engine, CostlyBackend, asyncio.Task[Any]]]:
+    """An engine whose batches cost 0.05 s + 0.001 s per token, its drain model fitted
+    over 20 batches, with one request of ``TEXT`` running (held) in the model."""
+    clock = FakeClock()
+    backend = CostlyBackend(clock, per_call=0.05, per_token=0.001)
+    async with running_engine(backend, clock=clock, slots=slots, max_queue_wait=0.5) as engine:
+        await fit(engine, backend, 20)
+        busy = asyncio.create_task(engine.embed([TEXT]))
+        await asyncio.to_thread(backend.wait_entered)
+        yield engine, backend, busy
+
+
 async def fill_until_refused(engine: Engine, tenant: str = "default") -> tuple[list[Any], Any]:
     """Queue one-input requests for ``tenant`` until one is refused."""
     admitted: list[asyncio.Task[Any]] = []
@@ -172,12 +190,7 @@ async def fill_until_refused(engine: Engine, tenant: str = "default") -> tuple[l
 
 
 async def test_admission_refuses_exactly_past_the_target_wait_and_admits_more_when_faster() -> None:
-    clock = FakeClock()
-    backend = CostlyBackend(clock, per_call=0.05, per_token=0.001)
-    async with running(backend, clock, max_queue_wait=0.5) as engine:
-        await fit(engine, backend, 20)
-        busy = asyncio.create_task(engine.embed([TEXT]))
-        await asyncio.to_thread(backend.wait_entered)
+    async with held_engine() as (engine, backend, busy):
         admitted, refused = await fill_until_refused(engine)
         # Ahead of the n-th newcomer: n - 1 queued inputs of 26 units, half of the
         # running one: 0.05 s + (26 (n - 1) + 13) × 0.001 s. The 17th waits 0.479 s,
@@ -205,12 +218,7 @@ async def test_admission_refuses_exactly_past_the_target_wait_and_admits_more_wh
 
 
 async def test_a_tenant_over_its_share_is_refused_while_another_is_admitted() -> None:
-    clock = FakeClock()
-    backend = CostlyBackend(clock, per_call=0.05, per_token=0.001)
-    async with running(backend, clock, max_queue_wait=0.5) as engine:
-        await fit(engine, backend, 20)
-        busy = asyncio.create_task(engine.embed([TEXT]))
-        await asyncio.to_thread(backend.wait_entered)
+    async with held_engine() as (engine, backend, busy):
         flood, refused = await fill_until_refused(engine, "flood")
         assert isinstance(refused, Overloaded)
         # The quiet tenant's request waits for its fair turn only: one input of the
@@ -225,6 +233,25 @@ async def test_a_tenant_over_its_share_is_refused_while_another_is_admitted() ->
         tenants = engine.statistics().tenants
     assert (tenants["flood"].requests_rejected, tenants["quiet"].requests_rejected) == (2, 0)
     assert (tenants["flood"].inputs_embedded, tenants["quiet"].inputs_embedded) == (len(flood), 4)
+
+
+async def test_another_models_backlog_on_the_same_compute_slots_counts_as_waiting() -> None:
+    slots = ComputeSlots(1)
+    async with held_engine(slots) as (engine, backend, busy):
+        # Eight queued ahead of the next: 0.05 s + (8 × 26 + 13) × 0.001 s = 0.271 s.
+        ahead = [asyncio.create_task(engine.embed([TEXT])) for _ in range(8)]
+        await until_queued(engine, 8)
+        # Another model on the same slots has 10 s queued: its batches interleave with
+        # these, adding as much again as it takes until this one is done (0.347 s).
+        slots.publish_backlog("other", lambda: 10.0)
+        refused = asyncio.create_task(engine.embed([TEXT]))
+        await asyncio.sleep(0)
+        assert isinstance(refused.exception(), Overloaded)
+        slots.publish_backlog("other", None)
+        alone = asyncio.create_task(engine.embed([TEXT]))
+        await until_queued(engine, 9)
+        backend.release(100)
+        await asyncio.gather(busy, alone, *ahead)
 
 
 @pytest.mark.parametrize("scheduling", ["fair", "fifo"])

@@ -51,6 +51,10 @@ class Answer:
 _KEPT_HEADERS = frozenset({"content-length", "connection", "x-compute-tokens", "retry-after"})
 
 
+class _ClosedWhileIdle(Exception):
+    """The connection ended before any byte of an answer."""
+
+
 class Connection:
     """One keep-alive connection, opened on first use and reopened after an error."""
 
@@ -73,12 +77,21 @@ class Connection:
     ) -> Answer:
         """One exchange (``close``: ask the server to close the connection after it).
         A broken connection raises ``ConnectionError`` (and is closed, so the next
-        request opens a new one)."""
-        try:
-            return await self._exchange(method, path, body, close)
-        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
-            await self.close()
-            raise ConnectionError(f"{method} {path}: {exc or type(exc).__name__}") from exc
+        request opens a new one). A kept-alive connection the server had closed while
+        it sat idle (no byte of an answer came back) is reopened and the request sent
+        once more, as HTTP clients do: the server never read it."""
+        for attempt in range(2):
+            reused = self._writer is not None
+            try:
+                return await self._exchange(method, path, body, close)
+            except _ClosedWhileIdle as exc:
+                await self.close()
+                if not reused or attempt:
+                    raise ConnectionError(f"{method} {path}: closed without an answer") from exc
+            except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
+                await self.close()
+                raise ConnectionError(f"{method} {path}: {exc or type(exc).__name__}") from exc
+        raise AssertionError("unreachable")
 
     async def _exchange(self, method: str, path: str, body: bytes, close: bool) -> Answer:
         await self.connect()
@@ -90,8 +103,14 @@ class Connection:
             + ("Connection: close\r\n" if close else "")
             + f"{self._extra}\r\n"
         ).encode()
-        self._writer.write(head + body)
-        status = int((await self._reader.readline()).split()[1])
+        try:
+            self._writer.write(head + body)
+            status_line = await self._reader.readline()
+        except ConnectionResetError as exc:
+            raise _ClosedWhileIdle from exc
+        if not status_line:
+            raise _ClosedWhileIdle
+        status = int(status_line.split()[1])
         headers = {}
         while (line := await self._reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.decode("latin-1").partition(":")

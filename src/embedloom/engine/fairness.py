@@ -35,27 +35,16 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Iterator, Sequence
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
-__all__ = ["FairQueue", "Queued"]
+from embedloom.batching import HasTokens
 
-
-class Queued(Protocol):
-    """What the fair queue needs of a queued input (``engine.work.QueuedInput``)."""
-
-    @property
-    def n_tokens(self) -> int: ...
-
-    @property
-    def owner(self) -> object:
-        """The request it belongs to."""
-        ...
-
-    @property
-    def priority_class(self) -> int: ...
+__all__ = ["FairQueue"]
 
 
-Q = TypeVar("Q", bound=Queued)
+# What the batcher needs of a queued input is what the fair queue needs too
+# (its tokens, its request, its priority class).
+Q = TypeVar("Q", bound=HasTokens)
 
 
 class _Flow:

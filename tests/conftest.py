@@ -19,6 +19,9 @@ import numpy.typing as npt
 import pytest
 
 from tests.helpers import (
+    GUARDED_BODY_LIMIT,
+    GUARDED_BODY_TIMEOUT,
+    GUARDED_KEYS,
     ServerProcess,
     build_cross_encoder,
     build_sparse_encoder,
@@ -222,6 +225,22 @@ _TOOK = re.compile(r"took (\d+\.\d+) seconds")
 # asyncio's own threshold is 0.1 s; this shared 2-core machine stalls whole
 # processes now and then, so only a clearly blocking step fails a test.
 _MAX_LOOP_STEP_SECONDS = 0.5
+
+
+@pytest.fixture(scope="session")
+def guarded() -> Iterator[ServerProcess]:
+    """A real server with API keys, a small body limit and a short body timeout."""
+    with ServerProcess.start(
+        "--api-key",
+        GUARDED_KEYS[0],
+        "--api-key",
+        GUARDED_KEYS[1],
+        "--max-body-bytes",
+        str(GUARDED_BODY_LIMIT),
+        "--body-timeout",
+        str(GUARDED_BODY_TIMEOUT),
+    ) as process:
+        yield process
 
 
 @pytest.fixture(autouse=True)

@@ -16,6 +16,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+# The conftest's ``guarded`` server: API keys, a small body limit, a short body timeout.
+GUARDED_KEYS = ("key-one-5f2a", "key-two-9c1e")
+GUARDED_BODY_LIMIT = 64 * 1024
+GUARDED_BODY_TIMEOUT = 1.0
+
 _WORDS = tuple(
     (
         "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima "

@@ -17,35 +17,18 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.helpers import ServerProcess
+from tests.helpers import GUARDED_BODY_LIMIT, GUARDED_KEYS, ServerProcess
 
 pytestmark = pytest.mark.model
 
-KEYS = ("key-one-5f2a", "key-two-9c1e")
-BODY_LIMIT = 64 * 1024
-BODY_TIMEOUT = 1.0
+KEYS = GUARDED_KEYS
+BODY_LIMIT = GUARDED_BODY_LIMIT
 
 
 @pytest.fixture(scope="module")
 def client(server: ServerProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=60) as client:
         yield client
-
-
-@pytest.fixture(scope="module")
-def guarded() -> Iterator[ServerProcess]:
-    """A server with API keys, a small body limit and a short body timeout."""
-    with ServerProcess.start(
-        "--api-key",
-        KEYS[0],
-        "--api-key",
-        KEYS[1],
-        "--max-body-bytes",
-        str(BODY_LIMIT),
-        "--body-timeout",
-        str(BODY_TIMEOUT),
-    ) as process:
-        yield process
 
 
 def assert_clean_error(reply: httpx.Response, status: int) -> dict[str, Any]:

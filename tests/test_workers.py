@@ -104,6 +104,15 @@ def test_both_workers_answer_with_the_right_vectors_and_metrics_sum_them(
     # One replica of each model per worker, summed over the workers.
     assert metric(preloaded.url, "embedloom_replicas", model=MODEL) == 2
     assert metric(preloaded.url, "embedloom_replicas") == 4
+    # The status page's figures are the fleet's too, and say so; its models, the
+    # answering worker's.
+    status = httpx.get(f"{preloaded.url}/status", timeout=30).json()
+    assert status["workers"] == 2
+    assert status["pid"] in preloaded.workers
+    assert status["figures"]["scope"] == "fleet"
+    fleet = status["figures"]["models"][MODEL]["inputs_embedded"]
+    assert fleet == metric(preloaded.url, "embedloom_inputs_embedded_total", model=MODEL)
+    assert fleet >= len(sample) * len(answers)
 
 
 def test_every_worker_serves_each_preloaded_model(

@@ -246,6 +246,13 @@ class Settings:
             "tenant and its weight in fair shares (with --api-key too)"
         },
     )
+    public_status: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "with API keys: let anyone who can reach the server see the status "
+            "page's figures (GET /status) without a key; the model routes still need one"
+        },
+    )
     tenant_header: str = dataclasses.field(
         default="",
         metadata={

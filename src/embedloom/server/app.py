@@ -20,12 +20,18 @@ from embedloom.engine import Engine
 from embedloom.errors import EmbedloomError, InvalidInput
 from embedloom.registry import Registry
 from embedloom.server import classify, cohere, openai, ops, rerank, stream, tei
-from embedloom.server.docs import install_docs
+from embedloom.server.docs import ASSETS_URL, DOCS_URL, OPENAPI_URL, install_docs
 from embedloom.server.errors import refusal_for_status, response_for
-from embedloom.server.guard import RequestGuard, load_api_keys
+from embedloom.server.guard import OpenRoutes, RequestGuard, load_api_keys
 from embedloom.server.metrics import ServerMetrics
 from embedloom.server.middleware import RequestContextMiddleware
 from embedloom.server.state import ClientDisconnected, ServerState
+from embedloom.server.status import (
+    PAGE_ASSETS_URL,
+    PAGE_URL,
+    STATUS_URL,
+    install_status_page,
+)
 
 __all__ = ["create_app"]
 
@@ -88,12 +94,26 @@ def create_app(
     app.include_router(ops.router)
     api_keys = load_api_keys(settings)
     install_docs(app, with_api_keys=bool(api_keys))
+    install_status_page(app)
     _install_error_handlers(app)
     # Added last is outermost: the request context wraps the guard, so refusals
     # are logged and counted with a request id like every other answer.
-    app.add_middleware(RequestGuard, settings=settings, api_keys=api_keys)
+    app.add_middleware(
+        RequestGuard, settings=settings, api_keys=api_keys, open_routes=_open_routes(settings)
+    )
     app.add_middleware(RequestContextMiddleware, metrics=metrics, settings=settings)
     return app
+
+
+def _open_routes(settings: Settings) -> OpenRoutes:
+    """What needs no API key: the API's description (server/docs.py says why), and
+    the status page (it holds no figures: ``/status`` has them, open only with
+    ``--public-status``). ``POST /`` is TEI's model route: only ``GET /`` is open."""
+    return OpenRoutes(
+        paths=frozenset({DOCS_URL, OPENAPI_URL}),
+        get_paths=frozenset({PAGE_URL, STATUS_URL} if settings.public_status else {PAGE_URL}),
+        prefixes=(ASSETS_URL + "/", PAGE_ASSETS_URL + "/"),
+    )
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -31,7 +31,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from embedloom.config import Settings, SettingsError
 from embedloom.errors import InvalidInput
 from embedloom.scope import DEFAULT_TENANT, tenant_scope
-from embedloom.server.docs import ASSETS_URL, DOCS_URL, OPENAPI_URL
 from embedloom.server.errors import (
     BodyTimeout,
     BodyTooLarge,
@@ -41,13 +40,20 @@ from embedloom.server.errors import (
     response_for,
 )
 
-__all__ = ["ApiKey", "RequestGuard", "load_api_keys", "uvicorn_limits", "warn_if_exposed"]
+__all__ = [
+    "ApiKey",
+    "OpenRoutes",
+    "RequestGuard",
+    "load_api_keys",
+    "uvicorn_limits",
+    "warn_if_exposed",
+]
 
 logger = logging.getLogger(__name__)
 
-# Routes a load balancer or orchestrator probes without credentials, and the API's
-# description (see server/docs.py: why it needs no key).
-_OPEN_PATHS = frozenset({"/health", DOCS_URL, OPENAPI_URL})
+# Routes a load balancer or orchestrator probes without credentials; the app adds
+# its pages' (``OpenRoutes``).
+_PROBES = frozenset({"/health"})
 # JSON, and curl's default for ``-d``: ``curl -d '{...}'`` sends a JSON body labelled
 # as a form, and refusing the commonest way to try an API helps no one.
 _JSON_TYPES = frozenset({"application/json", "application/x-www-form-urlencoded"})
@@ -58,6 +64,24 @@ KEEP_ALIVE_SECONDS = 5
 _MAX_HEAD_BYTES = 16 * 1024
 # Tenant names go into metric labels and logs: short and plain.
 _TENANT_NAME = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
+
+
+@dataclass(frozen=True, slots=True)
+class OpenRoutes:
+    """What needs no key besides the probes: paths (any method), paths for GET only,
+    and path prefixes (static assets)."""
+
+    paths: frozenset[str] = frozenset()
+    get_paths: frozenset[str] = frozenset()
+    prefixes: tuple[str, ...] = ()
+
+    def admit(self, method: str, path: str) -> bool:
+        return (
+            path in _PROBES
+            or path in self.paths
+            or (method == "GET" and path in self.get_paths)
+            or path.startswith(self.prefixes)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,10 +165,6 @@ def warn_if_exposed(settings: Settings) -> None:
     )
 
 
-def _is_open(path: str) -> bool:
-    return path in _OPEN_PATHS or path.startswith(ASSETS_URL + "/")
-
-
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -155,9 +175,16 @@ def _is_loopback(host: str) -> bool:
 
 
 class RequestGuard:
-    def __init__(self, app: ASGIApp, settings: Settings, api_keys: tuple[ApiKey, ...]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: Settings,
+        api_keys: tuple[ApiKey, ...],
+        open_routes: OpenRoutes = OpenRoutes(),
+    ) -> None:
         self._app = app
         self._keys = api_keys
+        self._open = open_routes
         self._weights = {key.tenant: key.weight for key in api_keys}
         self._tenant_header = settings.tenant_header.lower().encode() or None
         self._max_body = settings.max_body_bytes
@@ -199,7 +226,7 @@ class RequestGuard:
     def _refusal(
         self, scope: Scope, headers: dict[bytes, bytes], key: ApiKey | None
     ) -> HttpRefusal | InvalidInput | None:
-        if self._keys and key is None and not _is_open(scope["path"]):
+        if self._keys and key is None and not self._open.admit(scope["method"], scope["path"]):
             return Unauthorized(
                 "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
                 headers={"WWW-Authenticate": "Bearer"},

@@ -98,10 +98,26 @@ class ServerMetrics:
         self._requests.labels(route, method, str(status)).inc()
         self._durations.labels(route).observe(seconds)
 
+    @property
+    def fleet_wide(self) -> bool:
+        """Whether the figures are every worker's together (``--workers``), not this
+        process's alone."""
+        return self._mirror is not None
+
     def render(self) -> bytes:
+        self._sync()
+        return generate_latest(self.registry)
+
+    def samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
+        """Every series as rendered: (sample name, labels, value)."""
+        self._sync()
+        for family in self.registry.collect():
+            for sample in family.samples:
+                yield sample.name, sample.labels, sample.value
+
+    def _sync(self) -> None:
         if self._mirror is not None:
             self._mirror.sync(self._registry)
-        return generate_latest(self.registry)
 
     @contextlib.asynccontextmanager
     async def mirroring(self) -> AsyncIterator[None]:

@@ -15,7 +15,7 @@ from embedloom.offload import OFFLOAD_THREADS
 from embedloom.registry import ModelStatus, Registry
 from embedloom.server.state import server_state
 
-__all__ = ["router"]
+__all__ = ["model_entry", "router"]
 
 router = APIRouter()
 
@@ -45,7 +45,7 @@ _DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8"
 async def info(request: Request) -> dict[str, Any]:
     state = server_state(request)
     registry = state.registry
-    models = [_model(registry, status) for status in registry.statistics().models]
+    models = [model_entry(registry, status) for status in registry.statistics().models]
     settings = state.settings
     default = models[0]
     return {
@@ -106,8 +106,9 @@ def _tei_model_type(model: dict[str, Any]) -> dict[str, Any]:
     return {"embedding": {"pooling": model["pooling"] or "mean"}}
 
 
-def _model(registry: Registry, status: ModelStatus) -> dict[str, Any]:
-    """One model's entry in /info; what only a loaded model knows is null otherwise."""
+def model_entry(registry: Registry, status: ModelStatus) -> dict[str, Any]:
+    """One model's entry in /info and on the status page; what only a loaded model
+    knows is null otherwise."""
     settings = registry.settings_of(status.name)
     entry: dict[str, Any] = {
         "name": status.name,

@@ -115,6 +115,23 @@ def build_parser() -> argparse.ArgumentParser:
     from embedloom.bench.flags import add_arguments as add_bench_arguments
 
     add_bench_arguments(bench)
+    tune = commands.add_parser(
+        "tune",
+        help="find the fastest settings for this machine and your texts; write a config file",
+        description="Try the settings that matter (backend variant under the accuracy gate, "
+        "sharing, worker processes, batch token budget and overhead, queue-wait target), one "
+        "at a time from the defaults, each on a real server under load with your texts, "
+        "within --budget; keep a change only when it beats the best so far by more than the "
+        "noise measured between two runs of the defaults; write the result for "
+        "'serve --config'.",
+    )
+    from embedloom.tune.flags import add_arguments as add_tune_arguments
+
+    add_tune_arguments(tune)
+    for spec in setting_specs():
+        if spec.name in _TUNE_SETTINGS:
+            _add_setting(tune, spec)
+    _add_config_flag(tune)
     models = commands.add_parser(
         "models",
         help="list the models in the store with their sizes",
@@ -187,6 +204,10 @@ _VARIANT_SETTINGS = (
     "log_level",
     "log_format",
 )
+
+
+# The model to tune and where the store is: the rest is what tune searches.
+_TUNE_SETTINGS = ("model", "home", "offline", "log_level", "log_format")
 
 
 def _add_config_flag(parser: argparse.ArgumentParser) -> None:
@@ -361,6 +382,14 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(settings: Settings, args: argparse.Namespace) -> int:
+    from embedloom.tune.command import run_tune
+    from embedloom.tune.flags import options_from
+
+    print(run_tune(settings, options_from(args)))
+    return 0
+
+
 def _models(settings: Settings, args: argparse.Namespace) -> int:
     from embedloom.store import ModelStore, packaged_models
 
@@ -414,6 +443,7 @@ _COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "models": _models,
     "pull": _pull,
     "serve": _serve,
+    "tune": _tune,
     "variants": _variants,
 }
 

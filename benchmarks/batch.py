@@ -13,21 +13,19 @@ as it reports it. Writes results/batch-<rows>.md and a JSON file.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 EMBEDLOOM = str(Path(sys.executable).with_name("embedloom"))
 
 sys.path.insert(0, str(HERE))
+from record import measured_now, write_results  # noqa: E402
 from workload import sentences  # noqa: E402
 
 
@@ -76,20 +74,17 @@ def main() -> None:
     args = parser.parse_args()
 
     texts = short_texts(args.rows)
-    results: dict[str, Any] = {
-        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "rows": args.rows,
-    }
+    results: dict[str, Any] = measured_now(rows=args.rows)
     with tempfile.TemporaryDirectory() as scratch:
         source = Path(scratch) / "texts.txt"
         source.write_text("".join(t + "\n" for t in texts))
         if not args.memory_only:
             results["engine_rows_per_s"] = engine_rows_per_second(texts)
         results["job"] = job(source, Path(scratch) / "out.parquet")
-    RESULTS.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    (RESULTS / f"batch-{args.rows}-{stamp}.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = [f"Measured {results['when']}: {args.rows} short texts (3-11 words).", ""]
+    lines = [
+        f"Measured {results['when']} ({results['machine']}): {args.rows} short texts (3-11 words).",
+        "",
+    ]
     run = results["job"]
     lines.append(
         f"- job: {run['rows_per_s']:.0f} rows/s after a {run['load_seconds']:.1f} s model load, "
@@ -102,7 +97,9 @@ def main() -> None:
             f"{run['rows_per_s'] / engine:.2f}× of it"
         )
     report = "\n".join(lines) + "\n"
-    (RESULTS / f"batch-{args.rows}.md").write_text(report)
+    write_results(
+        results, report, json_prefix=f"batch-{args.rows}-", markdown=f"batch-{args.rows}.md"
+    )
     print(report)
 
 

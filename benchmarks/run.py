@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -31,17 +30,16 @@ import sys
 import tempfile
 import time
 import urllib.request
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 PYTHON = sys.executable
 WORKLOAD_SIZE = 2048
 PHASES = ("st", "engine", "server", "naive")
 
 sys.path.insert(0, str(HERE))
+from record import measured_now, write_results  # noqa: E402
 from workload import sentences  # noqa: E402
 
 
@@ -308,21 +306,14 @@ def main() -> None:
         }
         print(json.dumps(phases[args.phase]()))
         return
-    results: dict[str, Any] = {
-        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
-        "duration_s": args.duration,
-    }
+    results: dict[str, Any] = measured_now(duration_s=args.duration)
     results["rounds"] = []
     for _ in range(args.rounds):
         round_ = {name: _run_phase(name, args.duration) for name in PHASES}
         round_["ratios"] = _ratios(round_)
         results["rounds"].append(round_)
     report = _report(results)
-    RESULTS.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    (RESULTS / f"{stamp}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / "latest.md").write_text(report)
+    write_results(results, report, json_prefix="", markdown="latest.md")
     print(report)
 
 

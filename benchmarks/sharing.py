@@ -21,17 +21,16 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 STRATEGIES = ("locked", "dedicated", "replicas")
 SIZES = (1, 8, 64)
 CONCURRENCY = (1, 8, 32)
 
 sys.path.insert(0, str(HERE))
+from record import RESULTS, measured_now, write_results  # noqa: E402
 from workload import sentences  # noqa: E402
 
 
@@ -159,20 +158,15 @@ def main() -> None:
         }
         for key, runs in raw.items()
     }
-    results = {
-        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{os.cpu_count()} CPUs",
-        "duration_s": args.duration,
-        "rounds": args.rounds,
-        "workers": {s: r.ready for s, r in runners.items()},
-        "cells": cells,
-        "raw": raw,
-    }
-    RESULTS.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    (RESULTS / f"sharing-{stamp}.json").write_text(json.dumps(results, indent=2) + "\n")
+    results = measured_now(
+        duration_s=args.duration,
+        rounds=args.rounds,
+        workers={s: r.ready for s, r in runners.items()},
+        cells=cells,
+        raw=raw,
+    )
     report = _report(results)
-    (RESULTS / "sharing.md").write_text(report)
+    write_results(results, report, json_prefix="sharing-", markdown="sharing.md")
     _chart(cells, RESULTS / "sharing.png")
     print(report)
 

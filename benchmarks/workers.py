@@ -24,15 +24,14 @@ import sys
 import threading
 import time
 import urllib.request
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 EMBEDLOOM = str(Path(sys.executable).with_name("embedloom"))
 
 sys.path.insert(0, str(HERE))
+from record import measured_now, write_results  # noqa: E402
 from run import _load  # noqa: E402
 from workload import sentences  # noqa: E402
 
@@ -146,18 +145,14 @@ def main() -> None:
         rounds.append({n: throughput(n, args.duration) for n in order})
         print(f"round {index + 1}: {[(n, r['sentences_per_s']) for n, r in rounds[-1].items()]}")
 
-    results = {
-        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpus": os.cpu_count(),
-        "duration_s": args.duration,
-        "memory": memory_rows,
-        "throughput_rounds": rounds,
-    }
-    RESULTS.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    (RESULTS / f"workers-{stamp}.json").write_text(json.dumps(results, indent=2) + "\n")
+    results = measured_now(
+        cpus=os.cpu_count(),
+        duration_s=args.duration,
+        memory=memory_rows,
+        throughput_rounds=rounds,
+    )
     report = _report(results)
-    (RESULTS / "workers.md").write_text(report)
+    write_results(results, report, json_prefix="workers-", markdown="workers.md")
     print(report)
 
 

@@ -129,6 +129,10 @@ def test_latency_goal_prefers_a_lower_p99_and_refuses_one_over_the_limit() -> No
     verdicts = {t.option: t.verdict for t in outcome.tried}
     assert verdicts["quicker"] == "errors 5.0%"
     assert Goal("latency", max_p99_ms=250).problem(figures["quick"]) == "p99 over 250 ms"
+    # Refusals: counted in throughput's sentences/s; a lower p99 bought with them is no win.
+    refusing = Measurement(100, 300, 0.0, refused_rate=0.05)
+    assert Goal("throughput").problem(refusing) is None
+    assert Goal("latency").problem(refusing) == "refused 5.0%"
 
 
 def test_the_written_file_reads_back_as_the_settings_it_names(tmp_path: Path) -> None:

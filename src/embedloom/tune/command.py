@@ -143,7 +143,8 @@ class _Announced:
 def _figures(measured: Measurement) -> str:
     p99 = f"{measured.p99_ms:,.0f} ms" if measured.p99_ms is not None else "-"
     return (
-        f"{measured.sentences_per_s:,.1f} sentences/s, p99 {p99}, errors {measured.error_rate:.1%}"
+        f"{measured.sentences_per_s:,.1f} sentences/s, p99 {p99}, refused "
+        f"{measured.refused_rate:.1%}, errors {measured.error_rate:.1%}"
     )
 
 
@@ -154,16 +155,18 @@ def report(outcome: Outcome, goal: Goal, load_text: str, output: Path) -> str:
         f"tune: target {goal.target} ({better}) under {load_text}; the noise between the two "
         f"runs of the defaults: {outcome.noise:.1%} (a change must beat it)",
         "",
-        "| # | setting | value | sentences/s | p99 ms | errors | vs best so far | verdict |",
-        "|---|---|---|---|---|---|---|---|",
+        "| # | setting | value | sentences/s | p99 ms | refused | errors | vs best so far "
+        "| verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for number, tried in enumerate(outcome.tried, 1):
         m = tried.measured
-        gain = "" if tried.gain is None or math.isinf(tried.gain) else f"{tried.gain:+.1%}"
+        shown = tried.gain is not None and not math.isinf(tried.gain) and not goal.problem(m)
+        gain = f"{tried.gain:+.1%}" if shown else ""
         p99 = f"{m.p99_ms:,.0f}" if m.p99_ms is not None else "-"
         lines.append(
             f"| {number} | {tried.knob} | {tried.option} | {m.sentences_per_s:,.1f} | {p99} | "
-            f"{m.error_rate:.1%} | {gain} | {tried.verdict} |"
+            f"{m.refused_rate:.1%} | {m.error_rate:.1%} | {gain} | {tried.verdict} |"
         )
     lines.append("")
     if outcome.kept:

@@ -70,10 +70,12 @@ class ServerTrial:
                 )
         summary = summarize(step, 0)
         sent = max(1, summary.requests)
+        refused = summary.errors.get("429", 0)
         return Measurement(
             sentences_per_s=summary.sentences_per_s,
             p99_ms=summary.p99_ms,
-            error_rate=(summary.requests - summary.ok) / sent,
+            error_rate=(summary.requests - summary.ok - refused) / sent,
+            refused_rate=refused / sent,
         )
 
 

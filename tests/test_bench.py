@@ -18,7 +18,7 @@ import pytest
 
 from embedloom.bench.command import run_bench
 from embedloom.bench.flags import BenchOptions
-from embedloom.bench.workload import RequestMix
+from embedloom.bench.workload import RequestMix, generated_sentences
 from embedloom.errors import InvalidInput
 from tests.helpers import ServerProcess
 
@@ -237,12 +237,21 @@ def test_an_unreachable_server_and_bad_flags_are_one_line_each() -> None:
         (("http://127.0.0.1:9", "--concurrency", "2.5"), "whole numbers"),
         (("ftp://example",), "not an http:// or https:// URL"),
         (("http://127.0.0.1:9/v1/other",), "pass --api"),
+        (("http://127.0.0.1:9", "--words", "0"), "--words 0"),
+        (("http://127.0.0.1:9", "--words", "9", "--texts", "t.txt"), "with --texts yours"),
     ):
         result = bench(*args)
         assert result.returncode == 2, (args, result.stderr)
         [line] = result.stderr.strip().splitlines()
         assert line.startswith("embedloom: "), line
         assert says in line, line
+
+
+@pytest.mark.parametrize("mean", [5.0, 27.0, 120.0])
+def test_generated_texts_have_the_mean_words_asked(mean: float) -> None:
+    words = [len(text.split()) for text in generated_sentences(4096, mean_words=mean)]
+    assert sum(words) / len(words) == pytest.approx(mean, rel=0.15)
+    assert max(words) > 1.5 * mean  # a long tail, not a fixed length
 
 
 def test_a_chart_without_matplotlib_is_refused_before_any_load(

@@ -23,11 +23,7 @@ from embedloom.bench.report import (
     write_json,
     write_markdown,
 )
-from embedloom.bench.workload import (
-    Workload,
-    generated_sentences,
-    texts_from_file,
-)
+from embedloom.bench.workload import Workload, workload_texts
 from embedloom.errors import InvalidInput
 
 __all__ = ["run_bench"]
@@ -42,11 +38,7 @@ def run_bench(options: BenchOptions, command: Sequence[str] = ()) -> str:
     for path in (options.json_path, options.markdown_path, options.chart_path):
         if path is not None and not path.parent.is_dir():
             raise InvalidInput(f"{path}: no directory {path.parent} to write it in")
-    texts = (
-        texts_from_file(options.texts, field=options.text_field)
-        if options.texts
-        else generated_sentences(4096)
-    )
+    texts = workload_texts(options.texts, field=options.text_field, mean_words=options.words)
     workload = Workload(texts, options.mix)
     headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
     endpoints = []

@@ -13,7 +13,14 @@ from embedloom.bench.api import API_NAMES
 from embedloom.bench.workload import ONE_INPUT, RequestMix
 from embedloom.errors import InvalidInput
 
-__all__ = ["BenchOptions", "add_arguments", "options_from", "parse_levels"]
+__all__ = [
+    "BenchOptions",
+    "add_arguments",
+    "add_text_arguments",
+    "options_from",
+    "parse_levels",
+    "words_from",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +31,7 @@ class BenchOptions:
     api_key: str | None = None
     texts: str | None = None
     text_field: str = "text"
+    words: float | None = None  # mean words of generated texts (None: the default)
     mix: RequestMix = ONE_INPUT
     mode: Literal["closed", "open"] = "closed"
     levels: tuple[float, ...] = (32,)
@@ -48,6 +56,29 @@ def parse_levels(text: str, what: str) -> tuple[float, ...]:
     return levels
 
 
+def add_text_arguments(parser: argparse.ArgumentParser) -> None:
+    """What to send: a file's texts, or generated ones (``bench`` and ``tune``)."""
+    parser.add_argument(
+        "--texts", metavar="FILE", help=".txt, .jsonl, .csv or .parquet (default: generated)"
+    )
+    parser.add_argument(
+        "--text-field", default="text", help="the JSON field or column of --texts (text)"
+    )
+    parser.add_argument(
+        "--words",
+        type=float,
+        metavar="MEAN",
+        help="mean words of the generated texts (lognormal: mostly short, a long tail); "
+        "default 27, about 30 tokens",
+    )
+
+
+def words_from(args: argparse.Namespace) -> float | None:
+    if args.words is not None and not 1 <= args.words <= 2000:
+        raise InvalidInput(f"--words {args.words:g}: a mean between 1 and 2000 words")
+    return float(args.words) if args.words is not None else None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``bench``'s flags (``embedloom bench --help``)."""
     parser.add_argument(
@@ -64,12 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model", help="the model name the OpenAI and Cohere bodies carry")
     parser.add_argument("--api-key", help="sent as 'Authorization: Bearer KEY'")
-    parser.add_argument(
-        "--texts", metavar="FILE", help=".txt, .jsonl, .csv or .parquet (default: generated)"
-    )
-    parser.add_argument(
-        "--text-field", default="text", help="the JSON field or column of --texts (text)"
-    )
+    add_text_arguments(parser)
     parser.add_argument(
         "--inputs-per-request",
         default="1",
@@ -125,6 +151,7 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         api_key=args.api_key,
         texts=args.texts,
         text_field=args.text_field,
+        words=words_from(args),
         mix=RequestMix.parse(args.inputs_per_request),
         mode=mode,
         levels=levels,

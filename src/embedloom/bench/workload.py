@@ -3,13 +3,22 @@ mix of request sizes."""
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from embedloom.errors import InvalidInput
 
-__all__ = ["ONE_INPUT", "RequestMix", "Workload", "generated_sentences", "texts_from_file"]
+__all__ = [
+    "DEFAULT_MEAN_WORDS",
+    "ONE_INPUT",
+    "RequestMix",
+    "Workload",
+    "generated_sentences",
+    "texts_from_file",
+    "workload_texts",
+]
 
 _WORDS = (
     "the a of and to in is was for on with as by at from that this it be are have has had not "
@@ -27,16 +36,39 @@ _WORDS = (
 ).split()
 
 
-def generated_sentences(count: int, *, seed: int = 7) -> list[str]:
-    """Deterministic English-like sentences of 8–70 tokens (mean about 30), skewed
-    short like real queries and titles, with a long tail."""
+# Generated texts' words: lognormal, skewed short like real queries and titles,
+# with a long tail; by default a mean of about 27 words (about 30 tokens).
+_WORDS_SIGMA = 0.45
+DEFAULT_MEAN_WORDS = math.exp(3.2 + _WORDS_SIGMA**2 / 2)
+
+
+def generated_sentences(
+    count: int, *, mean_words: float = DEFAULT_MEAN_WORDS, seed: int = 7
+) -> list[str]:
+    """Deterministic English-like sentences with ``mean_words`` words on average (by
+    default 5–60 words, 8–70 tokens, mean about 30 tokens)."""
     rng = random.Random(seed)
+    mu = math.log(mean_words) - _WORDS_SIGMA**2 / 2
+    fewest = max(1, min(5, int(mean_words / 2)))
+    most = max(60, round(mean_words * 2.2))
     out = []
     for _ in range(count):
-        words = min(60, max(5, int(rng.lognormvariate(3.2, 0.45))))
+        words = min(most, max(fewest, int(rng.lognormvariate(mu, _WORDS_SIGMA))))
         text = " ".join(rng.choice(_WORDS) for _ in range(words))
         out.append(text[0].upper() + text[1:] + ".")
     return out
+
+
+def workload_texts(path: str | None, *, field: str = "text", mean_words: float | None) -> list[str]:
+    """The texts to send: ``path``'s, or generated ones (``mean_words`` shapes those
+    only)."""
+    if path is None:
+        return generated_sentences(4096, mean_words=mean_words or DEFAULT_MEAN_WORDS)
+    if mean_words is not None:
+        raise InvalidInput(
+            "--words shapes generated texts; with --texts yours are sent as they are"
+        )
+    return texts_from_file(path, field=field)
 
 
 def texts_from_file(path: str, *, field: str = "text", limit: int = 100_000) -> list[str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from embedloom.bench.load import LoadPlan
-from embedloom.bench.workload import RequestMix, Workload, generated_sentences, texts_from_file
+from embedloom.bench.workload import RequestMix, Workload, workload_texts
 from embedloom.config import Settings
 from embedloom.errors import InvalidInput
 from embedloom.tune.flags import TuneOptions
@@ -41,11 +41,7 @@ def run_tune(settings: Settings, options: TuneOptions) -> str:
     if not options.output.parent.is_dir():
         raise InvalidInput(f"{options.output}: no directory {options.output.parent}")
     started = time.monotonic()
-    texts = (
-        texts_from_file(options.texts, field=options.text_field)
-        if options.texts
-        else generated_sentences(4096)
-    )
+    texts = workload_texts(options.texts, field=options.text_field, mean_words=options.words)
     workload = Workload(texts, options.mix)
     # The search starts from embedloom's defaults for this model: only the model, the
     # store, and a backend or dtype the caller pinned are the caller's (pinned, they

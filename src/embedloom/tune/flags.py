@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from embedloom.bench.flags import parse_levels
+from embedloom.bench.flags import add_text_arguments, parse_levels, words_from
 from embedloom.bench.workload import RequestMix
 from embedloom.errors import InvalidInput
 
@@ -26,6 +26,7 @@ class TuneOptions:
     overwrite: bool = False
     texts: str | None = None
     text_field: str = "text"
+    words: float | None = None  # mean words of generated texts (None: the default)
     mix: RequestMix = _DEFAULT_MIX
     target: Literal["throughput", "latency"] = "throughput"
     max_p99_ms: float | None = None
@@ -55,10 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the config file to write (embedloom.toml)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    parser.add_argument(
-        "--texts", metavar="FILE", help="your texts: .txt, .jsonl, .csv or .parquet (generated)"
-    )
-    parser.add_argument("--text-field", default="text", help="the JSON field or column (text)")
+    add_text_arguments(parser)
     parser.add_argument(
         "--inputs-per-request",
         default=DEFAULT_MIX,
@@ -105,6 +103,7 @@ def options_from(args: argparse.Namespace) -> TuneOptions:
         overwrite=args.overwrite,
         texts=args.texts,
         text_field=args.text_field,
+        words=words_from(args),
         mix=RequestMix.parse(args.inputs_per_request),
         target=args.target,
         max_p99_ms=args.max_p99,

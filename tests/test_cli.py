@@ -125,6 +125,13 @@ EMBED_MISTAKES = [
     (["-", "-o", "out.parquet", "--resume"], ["stdin cannot be resumed"]),
     (["in.txt", "-o", "out.parquet", "--on-error", "ignore"], ["--on-error", "invalid choice"]),
     (["in.txt"], ["-o/--output"]),
+    # What embed --ray does not do is refused, never silently skipped.
+    (["in.parquet", "-o", "out.npy", "--ray"], ["embed --ray does not support", "a .npy output"]),
+    (
+        ["in.parquet", "-o", "out", "--ray", "--output-dtype", "float16", "--processes", "2"],
+        ["--output-dtype float16", "--processes"],
+    ),
+    (["-", "-o", "out", "--ray"], ["embed --ray does not support stdin"]),
 ]
 
 

@@ -1,5 +1,5 @@
 """Scale-out on a real local Ray (2 CPUs, authentication off for the test cluster):
-Ray Data batch embedding, ``embedloom embed --ray``, and the Ray Serve app."""
+Ray Data batch embedding and the Ray Serve app (``embed --ray``: test_ray_job)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,8 @@ import asyncio
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -79,40 +76,6 @@ def test_an_actor_pool_that_would_starve_the_readers_is_refused(cluster: str) ->
         embed_dataset(ds, actors=2, cpus_per_actor=1.0)
     with pytest.raises(ValueError, match="no column 'body'"):
         embed_dataset(ds, column="body")
-
-
-def test_embed_with_ray_writes_the_rows_in_order_with_the_embedders_vectors(
-    cluster: str, embedder: Any, tmp_path: Path
-) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    rows = 300  # several blocks over both actors; more only costs CI time
-    texts = sample_texts(rows, seed=43)
-    source = tmp_path / "in.parquet"
-    pq.write_table(pa.table({"id": [f"r{i}" for i in range(rows)], "text": texts}), source)
-    cli = str(Path(sys.executable).with_name("embedloom"))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
-    on_ray = tmp_path / "on-ray"
-    done = subprocess.run(
-        [cli, "embed", str(source), "-o", str(on_ray), "--column", "text", "--ray", cluster],
-        check=True,
-        env=env,
-        timeout=300,
-        capture_output=True,
-        text=True,
-    )
-    assert f"embedded {rows} rows" in done.stdout
-    parts = sorted(on_ray.glob("part-*.parquet"))
-    got = pa.concat_tables([pq.read_table(part) for part in parts]).to_pydict()
-    assert got["row"] == list(range(rows))
-    assert got["text"] == texts
-    assert got["id"] == [f"r{i}" for i in range(rows)]
-    # The single-process job's vectors are the embedder's (test_batch_job); Ray's
-    # batches differ from either, so padding differs: equal to float noise.
-    np.testing.assert_allclose(
-        np.array(got["embedding"], dtype=np.float32), embedder.embed(texts), atol=2e-6
-    )
 
 
 def _free_port() -> int:

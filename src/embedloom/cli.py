@@ -342,20 +342,44 @@ def _embed(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _embed_on_ray(settings: Settings, args: argparse.Namespace) -> int:
-    from embedloom.distributed.jobs import run_ray_job
+    from embedloom.distributed.batch import RayJobOptions
+    from embedloom.distributed.jobs import embed_on_ray
 
-    rows = run_ray_job(
-        args.input,
-        args.output,
-        address=None if args.ray == "auto" else args.ray,
-        column=args.column or args.field,
+    _refuse_what_ray_ignores(args)
+    options = RayJobOptions(
+        source=Path(args.input),
+        output=str(args.output),
+        field=args.field,
+        id_field=args.id_field,
+        column=args.column,
+        on_error=args.on_error,
+        chunk_rows=args.chunk_size,
         actors=args.ray_actors,
         cpus_per_actor=args.ray_cpus,
         overwrite=args.overwrite,
-        settings=settings,
+        resume=args.resume,
+        quiet=args.quiet,
     )
-    print(f"embedded {rows} rows into {args.output} on Ray")
+    summary = embed_on_ray(options, settings, address=None if args.ray == "auto" else args.ray)
+    print(summary.line())
     return 0
+
+
+def _refuse_what_ray_ignores(args: argparse.Namespace) -> None:
+    """``embed --ray`` reads files and writes a Parquet dataset directory of float32
+    vectors: a flag asking for anything else is refused rather than silently not
+    done."""
+    unsupported = [
+        (args.input == "-", "stdin (the actors read files: give a file or a directory)"),
+        (args.output.suffix == ".npy", f"a .npy output ({args.output}); give a directory"),
+        (args.output_dtype != "float32", f"--output-dtype {args.output_dtype}"),
+        (args.processes != 1, "--processes (--ray-actors sets the parallelism)"),
+    ]
+    refused = [what for asked, what in unsupported if asked]
+    if refused:
+        raise EmbedloomError(
+            f"embed --ray does not support {'; '.join(refused)}: drop it, or run without --ray"
+        )
 
 
 def _pull(settings: Settings, args: argparse.Namespace) -> int:

@@ -26,15 +26,15 @@ import resource
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from embedloom.batch.chunks import embed_sorted, reject_line, stop_at_first_reject, texts_of
 from embedloom.batch.readers import (
-    BatchInputError,
     Record,
     Reject,
     check_input,
@@ -221,10 +221,7 @@ def _run(options: JobOptions, partial: Path, progress: _Progress, *, sparse: boo
             ):
                 records = [item for item in items if isinstance(item, Record)]
                 for reject in (item for item in items if isinstance(item, Reject)):
-                    line = json.dumps(
-                        {"row": reject.row, "where": reject.where, "reason": reject.reason}
-                    )
-                    rejects.write(line.encode() + b"\n")
+                    rejects.write(reject_line(reject))
                     progress.rejected += 1
                 rejects.flush()
                 os.fsync(rejects.fileno())
@@ -317,7 +314,7 @@ def _embedded_chunks(
     )
     items = itertools.islice(items, skip_rows, None)
     if options.on_error == "stop":
-        items = _stop_at_first_reject(items)
+        items = stop_at_first_reject(items)
     chunks = _chunked(items, options.chunk_size)
     yield from bounded_map(
         lambda batch: [(chunk, embed(chunk)) for chunk in batch],
@@ -326,16 +323,6 @@ def _embedded_chunks(
         max_in_flight=options.max_in_flight,
         chunk_size=1,  # each unit is already a chunk of rows
     )
-
-
-def _stop_at_first_reject(items: Iterator[Record | Reject]) -> Iterator[Record | Reject]:
-    for item in items:
-        if isinstance(item, Reject):
-            raise BatchInputError(
-                f"{item.where}: {item.reason} (pass --on-error skip to write such rows to a "
-                "rejects file and go on)"
-            )
-        yield item
 
 
 def _chunked(items: Iterator[Record | Reject], size: int) -> Iterator[list[Record | Reject]]:
@@ -357,7 +344,7 @@ def _embedding_function(options: JobOptions, *, sparse: bool) -> Iterator[_Embed
 
         with Embedder(settings=options.settings, batch_per_request=True) as embedder:
             embed = embedder.embed_sparse if sparse else embedder.embed
-            yield lambda chunk: output(_embed_sorted(embed, _texts(chunk)))
+            yield lambda chunk: output(embed_sorted(embed, texts_of(chunk)))
         return
     from embedloom.offload import new_process_pool
     from embedloom.sharing import worker_budget
@@ -375,29 +362,9 @@ def _embedding_function(options: JobOptions, *, sparse: bool) -> Iterator[_Embed
     settings = options.settings.replace(threads=budget, workers=1)
     pool = new_process_pool(options.processes, initializer=_start_worker, initargs=(settings,))
     try:
-        yield lambda chunk: output(pool.submit(_embed_in_worker, _texts(chunk), sparse).result())
+        yield lambda chunk: output(pool.submit(_embed_in_worker, texts_of(chunk), sparse).result())
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _texts(chunk: Sequence[Record | Reject]) -> list[str]:
-    return [item.text for item in chunk if isinstance(item, Record)]
-
-
-def _embed_sorted(embed: Callable[[list[str]], ChunkVectors], texts: list[str]) -> ChunkVectors:
-    """Embed in order of length (so each batch pads little), rows put back in order."""
-    if not texts:
-        return np.zeros((0, 0), dtype=np.float32)
-    order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
-    vectors = embed([texts[i] for i in order])
-    if isinstance(vectors, np.ndarray):
-        restored = np.empty_like(vectors)
-        restored[order] = vectors
-        return restored
-    in_order: list[Any] = [None] * len(texts)
-    for position, index in enumerate(order):
-        in_order[index] = vectors[position]
-    return in_order
 
 
 # -- worker processes (--processes N) ---------------------------------------------
@@ -414,7 +381,7 @@ def _start_worker(settings: Settings) -> None:
 
 def _embed_in_worker(texts: list[str], sparse: bool) -> ChunkVectors:
     embed = _worker_embedder.embed_sparse if sparse else _worker_embedder.embed
-    return _embed_sorted(embed, texts)
+    return embed_sorted(embed, texts)
 
 
 def _progress_bar(options: JobOptions, total: int | None, already: int) -> Any:

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,15 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
 MANIFEST = "_embedloom_manifest.json"
 
 
+@dataclass
+class Nodes:
+    cluster: Any  # ray.cluster_utils.Cluster
+    address: str
+
+
 @pytest.fixture(scope="module")
-def nodes() -> Iterator[str]:
-    """A head and two worker nodes of one CPU each; the cluster's address."""
+def cluster() -> Iterator[Nodes]:
+    """A head and two worker nodes of one CPU each."""
     from ray.cluster_utils import Cluster
 
     os.environ["RAY_AUTH_MODE"] = "disabled"
@@ -56,7 +63,7 @@ def nodes() -> Iterator[str]:
         for _ in range(2):
             cluster.add_node(**node)
         cluster.wait_for_nodes()
-        yield str(cluster.address)
+        yield Nodes(cluster, str(cluster.address))
     finally:
         cluster.shutdown()
         if before is None:
@@ -64,6 +71,12 @@ def nodes() -> Iterator[str]:
         else:
             os.environ["RAY_TMPDIR"] = before
         shutil.rmtree(sessions, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def nodes(cluster: Nodes) -> str:
+    """The cluster's address."""
+    return cluster.address
 
 
 @pytest.fixture(scope="module")
@@ -174,33 +187,80 @@ def test_bad_rows_stop_the_job_or_go_to_rejects_as_on_one_machine(
 def test_a_killed_driver_resumes_computing_only_the_missing_blocks(
     nodes: str, embedder: Any, tmp_path: Path
 ) -> None:
-    texts = sample_texts(1200, seed=61)
+    texts = sample_texts(640, seed=61)
     source = tmp_path / "in.txt"
     source.write_text("".join(t + "\n" for t in texts))
     output = tmp_path / "out"
-    flags = ["--chunk-size", "40", "--ray-actors", "2"]
+    flags = ["--chunk-size", "32", "--ray-actors", "2"]
     command = [EMBEDLOOM, "embed", str(source), "-o", str(output), "--ray", nodes, *flags]
-    driver = subprocess.Popen(command, env=ENV, stderr=subprocess.PIPE, text=True)
-    # Killed once the third block is written, by its own log line: some parts are
+    # Killed once its third block is written, by its own log line: some parts are
     # there, most are not.
-    assert driver.stderr is not None
-    for line in driver.stderr:
-        if "written (3 of 30)" in line:
-            break
-    else:
-        raise AssertionError(f"the driver ended before its third block (status {driver.wait()})")
-    driver.send_signal(signal.SIGKILL)
+    driver = kill_after_block(command, 3, lambda d: d.send_signal(signal.SIGKILL))
     driver.wait()
+    assert driver.stderr is not None
     driver.stderr.close()
     written_before = len(list(output.glob("part-*.parquet")))
-    assert written_before < 30
+    assert written_before < 20
     assert not (output / MANIFEST).exists()
     report = embed_on(nodes, source, output, *flags, "--resume")
     kept = int(report.split(", ")[-1].split()[0])
     assert kept >= written_before
-    assert "embedded 1200 rows into 30 parts" in report
+    assert "embedded 640 rows into 20 parts" in report
     got = read_output(output)
-    assert got["row"] == list(range(1200))
+    assert got["row"] == list(range(640))
     np.testing.assert_allclose(
         np.array(got["embedding"], dtype=np.float32), embedder.embed(texts), atol=2e-6
     )
+
+
+def kill_after_block(command: list[str], block: int, kill: Any) -> subprocess.Popen[str]:
+    """Start ``command`` (a driver) and call ``kill(driver)`` once it has logged its
+    ``block``-th block written."""
+    driver = subprocess.Popen(command, env=ENV, stderr=subprocess.PIPE, text=True)
+    assert driver.stderr is not None
+    for line in driver.stderr:
+        if f"written ({block} of " in line:
+            kill(driver)
+            return driver
+    raise AssertionError(f"the driver ended before block {block} (status {driver.wait()})")
+
+
+def test_a_node_lost_mid_job_costs_nothing_the_job_completes_exactly(
+    cluster: Nodes, embedder: Any, tmp_path: Path
+) -> None:
+    """Last in the module: it takes a node away."""
+    import pyarrow.parquet as pq
+
+    texts = sample_texts(640, seed=67)
+    source = tmp_path / "in.txt"
+    source.write_text("".join(t + "\n" for t in texts))
+    output = tmp_path / "out"
+    command = [
+        EMBEDLOOM, "embed", str(source), "-o", str(output), "--ray", cluster.address,
+        "--chunk-size", "32", "--ray-actors", "2",
+    ]  # fmt: skip
+    lost: list[str] = []
+
+    def lose_a_worker_node(driver: subprocess.Popen[str]) -> None:
+        writers = {
+            (pq.read_metadata(part).metadata or {}).get(b"embedloom.node", b"").decode()
+            for part in output.glob("part-*.parquet")
+        }
+        [node] = [n for n in cluster.cluster.worker_nodes if n.node_id in writers][:1]
+        cluster.cluster.remove_node(node, allow_graceful=False)
+        lost.append(node.node_id)
+
+    driver = kill_after_block(command, 3, lose_a_worker_node)
+    assert driver.stderr is not None
+    rest = driver.stderr.read()
+    driver.stderr.close()
+    assert driver.wait() == 0, rest[-3000:]
+    assert "its actor was lost" in rest  # the loss was met, and the block run again
+    got = read_output(output)
+    assert got["row"] == list(range(640))  # nothing missing, nothing twice
+    np.testing.assert_allclose(
+        np.array(got["embedding"], dtype=np.float32), embedder.embed(texts), atol=2e-6
+    )
+    manifest = json.loads((output / MANIFEST).read_text())
+    nodes_after = {part["node"] for part in manifest["parts"][-5:]}
+    assert lost[0] not in nodes_after

@@ -22,6 +22,7 @@ each) last: a directory without the manifest is a job not finished, which
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import logging
@@ -66,6 +67,8 @@ __all__ = ["RayJobOptions", "RayJobSummary", "run_ray_job"]
 
 logger = logging.getLogger(__name__)
 
+# Actors lost (a node gone, a crash) before the job gives up rather than retry on.
+_MAX_LOST_ACTORS = 8
 # The node that wrote a part, in the part's own Parquet metadata.
 _NODE_KEY = b"embedloom.node"
 
@@ -211,38 +214,65 @@ def _embed_blocks(
     root: str,
 ) -> int:
     """Run the blocks on a pool of actors spread over the nodes; the bytes of the
-    records they sent back."""
-    import ray
-    from ray.util import ActorPool
+    records they sent back.
 
-    # Spread over the nodes; an actor lost with its node is started again elsewhere
-    # and its block retried (a part is written whole or not at all, so twice is once).
+    An actor lost with its node (or to any crash) is replaced by a new one, which
+    Ray places on a node still alive, and its block goes back in the queue: a
+    part is written whole or not at all, so a block run twice is written once.
+    A bad row is not such a loss: it stops the job (``--on-error stop``).
+    """
+    import ray
+    from ray.exceptions import RayActorError
+
     writer = ray.remote(BlockWriter).options(
-        num_cpus=options.cpus_per_actor,
-        scheduling_strategy="SPREAD",
-        max_restarts=2,
-        max_task_retries=2,
+        num_cpus=options.cpus_per_actor, scheduling_strategy="SPREAD"
     )
     location = options.output if "://" in options.output else root
-    actors: list[Any] = [
-        writer.remote(settings, options.cpus_per_actor, location, readers, options.on_error)
-        for _ in range(min(options.actors, len(todo)))
-    ]
-    pool = ActorPool(actors)
+
+    def new_actor() -> Any:
+        return writer.remote(settings, options.cpus_per_actor, location, readers, options.on_error)
+
+    idle: list[Any] = [new_actor() for _ in range(min(options.actors, len(todo)))]
+    pending = collections.deque(todo)
+    running: dict[Any, tuple[Any, Block]] = {}
+    losses = 0
     returned = 0
-    for number, record in enumerate(
-        pool.map_unordered(lambda actor, block: actor.write.remote(block), todo), 1
-    ):
-        returned += len(json.dumps(record))
-        logger.log(
-            logging.DEBUG if options.quiet else logging.INFO,
-            "block %d written (%d of %d)",
-            record["index"],
-            number,
-            len(todo),
-        )
-    for actor in actors:
-        ray.kill(actor)
+    written = 0
+    try:
+        while pending or running:
+            while idle and pending:
+                actor, block = idle.pop(), pending.popleft()
+                running[actor.write.remote(block)] = (actor, block)
+            [ready], _ = ray.wait(list(running), num_returns=1)
+            actor, block = running.pop(ready)
+            try:
+                record = ray.get(ready)
+            except RayActorError as exc:
+                losses += 1
+                if losses > _MAX_LOST_ACTORS:
+                    raise
+                logger.warning(
+                    "block %d: its actor was lost (%s); running it again on a new actor",
+                    block.index,
+                    type(exc).__name__,
+                )
+                ray.kill(actor, no_restart=True)
+                idle.append(new_actor())
+                pending.appendleft(block)
+                continue
+            idle.append(actor)
+            written += 1
+            returned += len(json.dumps(record))
+            logger.log(
+                logging.DEBUG if options.quiet else logging.INFO,
+                "block %d written (%d of %d)",
+                record["index"],
+                written,
+                len(todo),
+            )
+    finally:
+        for actor in idle + [actor for actor, _ in running.values()]:
+            ray.kill(actor, no_restart=True)
     return returned
 
 

@@ -8,14 +8,17 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
-pytestmark = [pytest.mark.ray, pytest.mark.model]
+pytestmark = [pytest.mark.ray, pytest.mark.model, pytest.mark.xdist_group("ray")]
 
 ray = pytest.importorskip("ray", reason="the 'ray' extra is not installed")
 
@@ -85,14 +88,25 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def serve_url(cluster: str) -> Iterator[str]:
+def serve_url(cluster: str, second_model_dir: Path) -> Iterator[str]:
+    """One replica serving two models (the registry inside the replica)."""
     from ray import serve
 
+    from embedloom import Settings
     from embedloom.distributed import serve_app
 
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = serve_app(replicas=1, cpus_per_replica=1.0, max_ongoing_requests=8, max_queued_requests=8)
+    settings = Settings.from_environment().replace(
+        model=("all-MiniLM-L6-v2", f"tiny={second_model_dir}")
+    )
+    app = serve_app(
+        replicas=1,
+        cpus_per_replica=1.0,
+        max_ongoing_requests=8,
+        max_queued_requests=8,
+        settings=settings,
+    )
     serve.run(app, name="embedloom")
     try:
         yield f"http://127.0.0.1:{port}"
@@ -100,18 +114,29 @@ def serve_url(cluster: str) -> Iterator[str]:
         serve.shutdown()
 
 
-def test_ray_serve_answers_like_embedloom_serve(serve_url: str, reference_encode: Any) -> None:
+def test_ray_serve_answers_like_embedloom_serve_for_each_model(
+    serve_url: str, reference_encode: Any, second_reference_encode: Any
+) -> None:
     texts = sample_texts(6, seed=45)
     reference = reference_encode(texts)
     with httpx.Client(base_url=serve_url, timeout=60) as client:
         openai = client.post("/v1/embeddings", json={"input": texts})
         tei = client.post("/embed", json={"inputs": texts})
+        tiny = client.post("/v1/embeddings", json={"input": texts, "model": "tiny"})
         bad = client.post("/v1/embeddings", json={"input": []})
         health = client.get("/health")
+        models = client.get("/v1/models")
     assert openai.status_code == 200
     vectors = np.array([item["embedding"] for item in openai.json()["data"]])
     np.testing.assert_allclose(vectors, reference, atol=1e-5)
     np.testing.assert_allclose(np.array(tei.json()), reference, atol=1e-5)
+    assert tiny.status_code == 200
+    np.testing.assert_allclose(
+        np.array([item["embedding"] for item in tiny.json()["data"]]),
+        second_reference_encode(texts),
+        atol=1e-5,
+    )
+    assert [m["id"] for m in models.json()["data"]] == ["all-MiniLM-L6-v2", "tiny"]
     assert bad.status_code == 422
     assert set(bad.json()["error"]) == {"message", "type", "param", "code"}
     assert health.json() == {"status": "ok"}
@@ -131,3 +156,63 @@ async def test_ray_serve_sheds_an_overload_burst(serve_url: str) -> None:
     assert set(statuses) <= {200, 429, 503}, statuses
     assert 200 in statuses
     assert set(statuses) & {429, 503}, "some of the burst was shed"
+
+
+def replicas_running(app: str) -> int:
+    from ray import serve
+
+    deployment = serve.status().applications[app].deployments["embedloom"]
+    return int(deployment.replica_states.get("RUNNING", 0))
+
+
+def until(condition: Any, what: str, timeout: float = 120) -> None:
+    """Poll ``condition`` (Serve's controller state: there is no event to wait on)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:g} s"
+        time.sleep(0.25)
+
+
+def test_ray_serve_autoscales_up_under_load_and_back_down(serve_url: str) -> None:
+    """Beside the fixed app (its 1 CPU), one autoscaled between 1 and 2 replicas of
+    0.4 CPU, with Serve's delays shortened for the test."""
+    from ray import serve
+
+    from embedloom.distributed import serve_app
+
+    app = serve_app(
+        cpus_per_replica=0.4,
+        max_ongoing_requests=4,
+        autoscaling_config={
+            "min_replicas": 1,
+            "max_replicas": 2,
+            "target_ongoing_requests": 1,
+            "upscale_delay_s": 0.5,
+            "downscale_delay_s": 2,
+            "metrics_interval_s": 0.5,
+            "look_back_period_s": 1,
+        },
+    )
+    serve.run(app, name="scaled", route_prefix="/scaled")
+    try:
+        assert replicas_running("scaled") == 1
+        stop = threading.Event()
+
+        def load() -> None:
+            with httpx.Client(base_url=f"{serve_url}/scaled", timeout=120) as client:
+                while not stop.is_set():
+                    reply = client.post("/embed", json={"inputs": sample_texts(16)})
+                    assert reply.status_code in (200, 429, 503), reply.text
+
+        clients = [threading.Thread(target=load) for _ in range(6)]
+        for client in clients:
+            client.start()
+        try:
+            until(lambda: replicas_running("scaled") == 2, "scaled up to 2 replicas")
+        finally:
+            stop.set()
+            for client in clients:
+                client.join(timeout=120)
+        until(lambda: replicas_running("scaled") == 1, "scaled back down to 1")
+    finally:
+        serve.delete("scaled")

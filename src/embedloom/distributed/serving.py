@@ -9,6 +9,10 @@ router spreads requests across replicas and sheds what does not fit:
 requests to batch), then ``max_queued_requests`` waiting in the router, past
 which Serve answers 503 — and inside a replica the engine's admission answers
 429 as it does alone.
+
+Several models: every replica runs the registry of all the settings' models,
+as one ``embedloom serve`` does (docs/scale-out.md says why this rather than a
+deployment per model behind an ingress).
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ from embedloom.distributed.blocks import (
     rejects_name,
 )
 from embedloom.distributed.data import threads_for_cpus
-from embedloom.errors import InvalidInput
+from embedloom.errors import EmbedloomError, InvalidInput
 
 if TYPE_CHECKING:
     from pyarrow.fs import FileSystem
@@ -222,7 +222,7 @@ def _embed_blocks(
     A bad row is not such a loss: it stops the job (``--on-error stop``).
     """
     import ray
-    from ray.exceptions import RayActorError
+    from ray.exceptions import RayActorError, RayTaskError
 
     writer = ray.remote(BlockWriter).options(
         num_cpus=options.cpus_per_actor, scheduling_strategy="SPREAD"
@@ -247,6 +247,12 @@ def _embed_blocks(
             actor, block = running.pop(ready)
             try:
                 record = ray.get(ready)
+            except RayTaskError as exc:
+                # A bad row (--on-error stop) or an unreadable file: the cause's own
+                # one-line message, not Ray's remote traceback around it.
+                if isinstance(exc.cause, EmbedloomError):
+                    raise exc.cause from None
+                raise
             except RayActorError as exc:
                 losses += 1
                 if losses > _MAX_LOST_ACTORS:

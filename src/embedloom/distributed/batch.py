@@ -357,7 +357,9 @@ class BlockWriter:
         from embedloom.embedder import Embedder
 
         self._embedder = Embedder(
-            settings=settings.replace(threads=threads_for_cpus(cpus), sharing="dedicated"),
+            settings=settings.replace(
+                threads=threads_for_cpus(cpus), sharing="dedicated", replicas=0
+            ),
             batch_per_request=True,
         )
         self._filesystem, self._root = _output_location(output)

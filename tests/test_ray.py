@@ -173,15 +173,22 @@ def until(condition: Any, what: str, timeout: float = 120) -> None:
         time.sleep(0.25)
 
 
-def test_ray_serve_autoscales_up_under_load_and_back_down(serve_url: str) -> None:
+@pytest.mark.timeout(360)  # two replica starts (a model load each) on a busy machine
+def test_ray_serve_autoscales_up_under_load_and_back_down(
+    serve_url: str, second_model_dir: Path
+) -> None:
     """Beside the fixed app (its 1 CPU), one autoscaled between 1 and 2 replicas of
-    0.4 CPU, with Serve's delays shortened for the test."""
+    0.1 CPU (whatever the module's earlier actors still hold, two fit) serving the
+    small second model (a replica starts in seconds even on a busy machine), with
+    Serve's delays shortened for the test."""
     from ray import serve
 
+    from embedloom import Settings
     from embedloom.distributed import serve_app
 
     app = serve_app(
-        cpus_per_replica=0.4,
+        settings=Settings.from_environment().replace(model=(str(second_model_dir),)),
+        cpus_per_replica=0.1,
         max_ongoing_requests=4,
         autoscaling_config={
             "min_replicas": 1,
@@ -208,7 +215,7 @@ def test_ray_serve_autoscales_up_under_load_and_back_down(serve_url: str) -> Non
         for client in clients:
             client.start()
         try:
-            until(lambda: replicas_running("scaled") == 2, "scaled up to 2 replicas")
+            until(lambda: replicas_running("scaled") == 2, "scaled up to 2 replicas", 240)
         finally:
             stop.set()
             for client in clients:

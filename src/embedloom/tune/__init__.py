@@ -4,3 +4,5 @@
 written), ``measure`` (a trial: a real server under ``bench``'s load), ``flags``
 and ``command`` (the command line).
 """
+
+__all__: list[str] = []

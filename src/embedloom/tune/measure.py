@@ -15,7 +15,6 @@ import queue
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +27,7 @@ from embedloom.bench.report import summarize
 from embedloom.bench.workload import Workload
 from embedloom.config import Settings
 from embedloom.errors import EmbedloomError
+from embedloom.offload import start_thread
 from embedloom.tune.knobs import config_text
 from embedloom.tune.search import Measurement
 
@@ -114,7 +114,7 @@ class _Server:
         )
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._tail: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        start_thread(self._read, name="tune-server-log")
 
     def _read(self) -> None:
         assert self._process.stderr is not None

@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-pytestmark = [pytest.mark.ray, pytest.mark.model, pytest.mark.xdist_group("ray")]
+pytestmark = [pytest.mark.ray, pytest.mark.model, pytest.mark.xdist_group("ray-local")]
 
 ray = pytest.importorskip("ray", reason="the 'ray' extra is not installed")
 

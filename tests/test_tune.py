@@ -98,6 +98,26 @@ def test_a_faster_run_the_incumbents_recheck_matches_is_not_kept() -> None:
     assert faster.verdict.startswith("not confirmed")
 
 
+def test_a_candidate_whose_server_does_not_start_is_a_verdict_not_the_end() -> None:
+    broken = "the candidate's server exited (2): 2 replicas need at least 2 compute threads"
+    knobs = [
+        Knob("workers", (Option("1"), Option("2", {"workers": 2}))),
+        Knob("variant", (Option("auto"), Option("faster", {"variant": "faster"}))),
+    ]
+    machine = FakeMachine()
+
+    def measure(candidate: Mapping[str, Any]) -> Measurement:
+        if candidate.get("workers") == 2:
+            machine.now += SECONDS_PER_TRIAL
+            return Measurement(0.0, None, 1.0, failed=broken)
+        return machine(candidate)
+
+    outcome = search(knobs, measure, Goal(), budget_seconds=1000, clock=machine.clock)
+    verdicts = {t.option: t.verdict for t in outcome.tried}
+    assert verdicts["2"] == broken
+    assert outcome.kept == (("variant", "faster"),)
+
+
 def test_the_budget_bounds_the_search_and_lists_what_it_left_out() -> None:
     machine = FakeMachine()
     outcome = search(KNOBS, machine, Goal(), budget_seconds=45, clock=machine.clock)

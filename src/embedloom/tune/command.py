@@ -23,7 +23,7 @@ from embedloom.config import Settings
 from embedloom.errors import InvalidInput
 from embedloom.tune.flags import TuneOptions
 from embedloom.tune.knobs import config_text, machine_knobs, variant_options
-from embedloom.tune.measure import ServerTrial
+from embedloom.tune.measure import ServerTrial, TrialFailed
 from embedloom.tune.search import Goal, Measurement, Outcome, search
 
 __all__ = ["report", "run_tune"]
@@ -113,6 +113,8 @@ def _capacity(
 ) -> float:
     """Requests/s the defaults sustain in a closed loop."""
     measured = ServerTrial(settings, workload, plan, pinned)({})
+    if measured.failed is not None:
+        raise TrialFailed(f"the defaults could not be measured: {measured.failed}")
     mean_size = sum(s * w for s, w in zip(mix.sizes, mix.weights, strict=True)) / sum(mix.weights)
     return max(0.1, measured.sentences_per_s / mean_size)
 
@@ -133,10 +135,14 @@ class _Announced:
         measured = self._measure(candidate)
         if self._progress:
             print(f" {_figures(measured)}", file=sys.stderr, flush=True)
+        if measured.failed is not None and not candidate:
+            raise TrialFailed(f"the defaults could not be measured: {measured.failed}")
         return measured
 
 
 def _figures(measured: Measurement) -> str:
+    if measured.failed is not None:
+        return measured.failed
     p99 = f"{measured.p99_ms:,.0f} ms" if measured.p99_ms is not None else "-"
     return (
         f"{measured.sentences_per_s:,.1f} sentences/s, p99 {p99}, refused "

@@ -64,10 +64,17 @@ class ServerTrial:
             config = Path(scratch) / "candidate.toml"
             served = self._pinned | dict(candidate)
             config.write_text(config_text(self._settings, served), encoding="utf-8")
-            with _Server(config, self._settings) as url:
-                step = asyncio.run(
-                    run_step(Endpoint.parse(f"{url}/embed"), _TEI, self._workload, self._plan, {})
-                )
+            try:
+                with _Server(config, self._settings) as url:
+                    step = asyncio.run(
+                        run_step(
+                            Endpoint.parse(f"{url}/embed"), _TEI, self._workload, self._plan, {}
+                        )
+                    )
+            except TrialFailed as exc:
+                # A combination the server refuses (say, more replicas than a worker's
+                # threads): a candidate that cannot win, not the end of the search.
+                return Measurement(0.0, None, 1.0, failed=str(exc))
         summary = summarize(step, 0)
         sent = max(1, summary.requests)
         refused = summary.errors.get("429", 0)

@@ -59,6 +59,7 @@ class Measurement:
     p99_ms: float | None  # of answered requests; None when none was
     error_rate: float  # requests failed (neither answered nor refused), of all sent
     refused_rate: float = 0.0  # requests refused by admission (429), of all sent
+    failed: str | None = None  # why the candidate could not be measured at all
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,8 @@ class Goal:
 
     def problem(self, measured: Measurement) -> str | None:
         """Why ``measured`` cannot win, or None."""
+        if measured.failed is not None:
+            return measured.failed
         if measured.error_rate > self.max_error_rate:
             return f"errors {measured.error_rate:.1%}"
         if self.target == "latency" and measured.refused_rate > self.max_error_rate:

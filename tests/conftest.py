@@ -266,6 +266,7 @@ def fail_on_blocking_the_event_loop() -> Iterator[None]:
 # (Keeping each file whole on one worker, so that module fixtures start once,
 # measured slower: 680 s against 636 s, the workers then finishing far apart.)
 _LONGEST_FILES = (
+    # One xdist group (two Ray clusters at once thrash two cores): first.
     "test_ray_job.py",
     "test_batch_job.py",
     "test_openvino.py",

@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-pytestmark = [pytest.mark.ray, pytest.mark.model, pytest.mark.xdist_group("ray-local")]
+pytestmark = [pytest.mark.ray, pytest.mark.model, pytest.mark.xdist_group("ray")]
 
 ray = pytest.importorskip("ray", reason="the 'ray' extra is not installed")
 
@@ -173,7 +173,7 @@ def until(condition: Any, what: str, timeout: float = 120) -> None:
         time.sleep(0.25)
 
 
-@pytest.mark.timeout(360)  # two replica starts (a model load each) on a busy machine
+@pytest.mark.timeout(600)  # on a busy 2-core machine Serve alone takes minutes here
 def test_ray_serve_autoscales_up_under_load_and_back_down(
     serve_url: str, second_model_dir: Path
 ) -> None:
@@ -211,11 +211,12 @@ def test_ray_serve_autoscales_up_under_load_and_back_down(
                     reply = client.post("/embed", json={"inputs": sample_texts(16)})
                     assert reply.status_code in (200, 429, 503), reply.text
 
-        clients = [threading.Thread(target=load) for _ in range(6)]
+        # Three callers keep about three requests in flight: over the target of one.
+        clients = [threading.Thread(target=load) for _ in range(3)]
         for client in clients:
             client.start()
         try:
-            until(lambda: replicas_running("scaled") == 2, "scaled up to 2 replicas", 240)
+            until(lambda: replicas_running("scaled") == 2, "scaled up to 2 replicas", 300)
         finally:
             stop.set()
             for client in clients:

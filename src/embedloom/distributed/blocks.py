@@ -89,10 +89,9 @@ def plan_blocks(counts: Sequence[tuple[str, int]], chunk_rows: int) -> list[Bloc
 def fingerprint(files: Sequence[Path], **options: Any) -> dict[str, Any]:
     """What must not change between a run and its resumption: the input files (by
     path, size and time) and the options that change what is written."""
+    stats = [(path, path.stat()) for path in files]
     return {
         "version": 1,
-        "files": [
-            [str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns] for path in files
-        ],
+        "files": [[str(path.resolve()), st.st_size, st.st_mtime_ns] for path, st in stats],
         **options,
     }
